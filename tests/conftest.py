@@ -1,0 +1,25 @@
+"""Shared fixtures: real CIFAR-10 built once from ../shared into a cache folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BUILD_SCRIPT = REPO.parent / "shared" / "data" / "cifar10" / "build.py"
+
+
+@pytest.fixture(scope="session")
+def cifar_root() -> Path:
+    """A folder holding cifar-10-batches-py (full CIFAR-10), built once and cached between runs."""
+    cache = Path(os.environ.get("BLOCKSWAP_CIFAR_CACHE", Path.home() / ".cache" / "blockswap-tests" / "cifar10"))
+    if not (cache / "cifar-10-batches-py" / "test_batch").is_file():
+        if not BUILD_SCRIPT.is_file():
+            pytest.skip(f"real CIFAR-10 needs {BUILD_SCRIPT}")
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, str(BUILD_SCRIPT), str(cache)], check=True, capture_output=True)
+    return cache
