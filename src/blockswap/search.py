@@ -170,7 +170,7 @@ def _prepare_out_dir(out: Path, config: SearchConfig, genotypes: list[Genotype])
             if not 0 <= c.index < len(genotypes) or c.genotype != genotypes[c.index]:
                 raise BlockSwapError(f"{csv_path}: row {c.index} does not match this search's candidates")
             done[c.index] = c
-        _write_candidates(csv_path, [done[i] for i in sorted(done)])
+    _write_candidates(csv_path, [done[i] for i in sorted(done)])
     return done
 
 

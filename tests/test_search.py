@@ -1,0 +1,83 @@
+"""Search: streamed results, argmax pick, determinism, resume after interruption."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from blockswap.errors import BlockSwapError
+from blockswap.search import Candidate, SearchConfig, build_candidate, run_search
+
+CONFIG = SearchConfig(budget=40_000, model="wrn-10-1", samples=6, batch_size=16, seed=3)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with (path / "candidates.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_search_writes_ranked_candidates_and_best(tmp_path: Path) -> None:
+    result = run_search(CONFIG, tmp_path, progress=False)
+    rows = _rows(tmp_path)
+    assert [int(r["index"]) for r in rows] == list(range(6))
+    assert all(abs(int(r["params"]) - 40_000) < 1_000 for r in rows)
+    assert all(len(r["fisher_per_block"].split()) == 3 for r in rows)
+    top = max(rows, key=lambda r: float(r["fisher"]))
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["index"] == int(top["index"]) == result.best.index
+    assert best["blocks"] == top["genotype"].split()
+    assert best["fisher"] == float(top["fisher"]) and best["params"] == int(top["params"])
+    assert best["macs"] == int(top["macs"])
+    assert [c.fisher for c in result.candidates] == sorted((float(r["fisher"]) for r in rows), reverse=True)
+    assert json.loads((tmp_path / "search.json").read_text())["budget"] == 40_000
+
+
+def test_search_is_deterministic(tmp_path: Path) -> None:
+    run_search(CONFIG, tmp_path / "a", progress=False)
+    run_search(CONFIG, tmp_path / "b", progress=False)
+    assert (tmp_path / "a" / "candidates.csv").read_text() == (tmp_path / "b" / "candidates.csv").read_text()
+
+
+def test_resume_after_interruption_matches_uninterrupted(tmp_path: Path) -> None:
+    run_search(CONFIG, tmp_path / "full", progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_three(c: Candidate) -> None:
+        if c.index == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_search(CONFIG, tmp_path / "cut", progress=False, on_scored=stop_after_three)
+    cut = tmp_path / "cut"
+    assert len(_rows(cut)) == 3 and not (cut / "best.json").exists()
+    with (cut / "candidates.csv").open("a") as f:
+        f.write("3,Conv DConv")  # a row half-written when the process died
+    scored: list[int] = []
+    result = run_search(CONFIG, cut, progress=False, on_scored=lambda c: scored.append(c.index))
+    assert scored == [3, 4, 5]  # nothing rescored
+    assert result.scored_now == 3
+    assert (cut / "candidates.csv").read_text() == (tmp_path / "full" / "candidates.csv").read_text()
+    assert (cut / "best.json").read_text() == (tmp_path / "full" / "best.json").read_text()
+    again = run_search(CONFIG, cut, progress=False)
+    assert again.scored_now == 0
+
+
+def test_resume_refuses_a_different_search(tmp_path: Path) -> None:
+    run_search(SearchConfig(**{**CONFIG.__dict__, "samples": 2}), tmp_path, progress=False)
+    with pytest.raises(BlockSwapError, match="different search .*seed: 3 -> 4"):
+        run_search(SearchConfig(**{**CONFIG.__dict__, "samples": 2, "seed": 4}), tmp_path, progress=False)
+
+
+def test_candidate_weights_depend_on_seed_and_index_only() -> None:
+    from blockswap.genotype import Genotype
+    from blockswap.networks import Backbone
+
+    g = Genotype.uniform(Backbone.from_name("wrn-10-1"), "G4B2")
+    a, b, c = build_candidate(g, 0, 5), build_candidate(g, 0, 5), build_candidate(g, 0, 6)
+    wa, wb, wc = (next(m.parameters()) for m in (a, b, c))
+    assert wa.equal(wb) and not wa.equal(wc)
