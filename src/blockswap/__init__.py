@@ -11,6 +11,11 @@ from .genotype import Genotype, GenotypeError, load_genotype
 from .networks import Backbone, BlockNetwork, Taps, build_network
 from .scoring import SCORERS, FisherScorer, Score, Scorer, make_scorer
 from .search import Candidate, SearchConfig, SearchResult, run_search
+from .checkpoint import CheckpointError, load_network
+from .distill import DistillConfig, attention_loss, attention_map, student_loss
+from .evaluate import EvalReport, evaluate_checkpoint
+from .pruning import Pruner, nonzero_params
+from .training import TrainConfig, TrainingError, train
 
 __version__ = "0.1.0"
 
@@ -47,4 +52,17 @@ __all__ = [
     "SearchConfig",
     "SearchResult",
     "run_search",
+    "CheckpointError",
+    "load_network",
+    "DistillConfig",
+    "attention_loss",
+    "attention_map",
+    "student_loss",
+    "EvalReport",
+    "evaluate_checkpoint",
+    "Pruner",
+    "nonzero_params",
+    "TrainConfig",
+    "TrainingError",
+    "train",
 ]
