@@ -33,6 +33,6 @@ def tiny_teacher(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
     out = tmp_path_factory.mktemp("teacher")
     config = TrainConfig(genotype=Genotype.uniform(Backbone.from_name("wrn-10-1")).to_dict(), data_dir=str(cifar_root),
-                         epochs=1, batch_size=32, train_subset=256, test_subset=200)
+                         epochs=1, batch_size=32, train_subset=256, test_subset=200, precision="fp32")
     train(config, out, progress=False)
     return out

@@ -92,7 +92,7 @@ def _train_worker(rank: int, port: int, config: TrainConfig, out: str) -> None:
 def test_torchrun_style_training_writes_one_run(cifar_root: Path, tmp_path: Path) -> None:
     genotype = Genotype.uniform(Backbone.from_name("wrn-10-1"), "G4B2")
     config = TrainConfig(genotype=genotype.to_dict(), data_dir=str(cifar_root), epochs=1, batch_size=32,
-                         train_subset=128, test_subset=100)
+                         train_subset=128, test_subset=100, precision="fp32")
     mp.spawn(_train_worker, args=(_free_port(), config, str(tmp_path)), nprocs=WORLD, join=True)
     final = json.loads((tmp_path / "run" / "final.json").read_text())
     assert final["processes"] == WORLD and final["params"] == genotype.params()

@@ -256,7 +256,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
             teacher_genotype=teacher.to_dict() if args.teacher and args.teacher_model else None,
             beta=args.beta, kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature,
             prune=args.prune, prune_budget=args.budget if args.prune else None, **options)
-    final = train(config, args.out, resume=args.resume, device=_device(args.device), progress=not args.quiet)
+    try:
+        final = train(config, args.out, resume=args.resume, device=_device(args.device), progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"blockswap: interrupted; add --resume to the same command to continue from {args.out}/checkpoint.pt",
+              file=sys.stderr)
+        return 130
     print(f"{final['model']}  test error {final['test_error_pct']:.2f}%  params {final['params']:,}  "
           f"MACs {format_count(final['macs'])}  {final['epochs']} epochs in {final['seconds']:.0f} s")
     print(f"wrote {args.out / 'final.json'}, {args.out / 'last.pt'}")

@@ -37,7 +37,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .checkpoint import load_network, read_checkpoint, save_atomic
-from .data import ImageSet, augment, load_cifar10
+from .data import DataError, ImageSet, augment, load_cifar10
+from .data import _folder as data_folder
 from .distill import DistillConfig, LossParts, student_loss
 from .errors import BlockSwapError
 from .evaluate import test_sums
@@ -54,6 +55,7 @@ __all__ = [
     "setup_distributed",
     "TapsModule",
     "forward_loss",
+    "train_step",
     "make_scheduler",
     "train",
 ]
@@ -221,6 +223,23 @@ def forward_loss(
     return student_loss(logits, y, distill, stages, t.stages, t.logits), logits
 
 
+def train_step(
+    model: nn.Module,
+    teacher: BlockNetwork | None,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    distill: DistillConfig,
+    precision: str = "fp32",
+) -> tuple[LossParts, Tensor]:
+    """One optimiser step on one batch; returns the loss terms and the student's logits."""
+    parts, logits = forward_loss(model, teacher, x, y, distill, precision)
+    optimizer.zero_grad(set_to_none=True)
+    parts.total.backward()
+    optimizer.step()
+    return parts, logits
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-epoch learning-rate schedule: cosine annealing to 0, or lr/5 at 30/60/80% of the epochs."""
     if schedule == "cosine":
@@ -262,6 +281,10 @@ def _prepare_out_dir(out: Path, config: TrainConfig, resume: bool, dist: Distrib
 
 def _load_data(config: TrainConfig, dist: Distributed) -> tuple[ImageSet, ImageSet]:
     """This process's training set (all of it: batches are sliced per step) and its shard of the test set."""
+    folder = data_folder(config.data_dir)
+    if not config.download and not (folder / "test_batch").is_file():
+        raise DataError(f"CIFAR-10 not found at {folder}: put the extracted official archive there "
+                        "(it holds cifar-10-batches-py/), or pass --download to fetch it")
     train_set = load_cifar10(config.data_dir, train=True, download=config.download)
     test_set = load_cifar10(config.data_dir, train=False, download=False)
     if config.train_subset is not None:
@@ -476,10 +499,7 @@ def _train_epoch(
             idx = order[first : first + local_batch]
             x = augment(train_set.images[idx], aug, cutout=config.cutout).contiguous(memory_format=memory_format)
             y = train_set.labels[idx]
-            parts, logits = forward_loss(model, teacher, x, y, distill, precision)
-            optimizer.zero_grad(set_to_none=True)
-            parts.total.backward()
-            optimizer.step()
+            parts, logits = train_step(model, teacher, optimizer, x, y, distill, precision)
             if pruner is not None:
                 pruner.apply(net)
             with torch.no_grad():
