@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -262,6 +263,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"blockswap: interrupted; add --resume to the same command to continue from {args.out}/checkpoint.pt",
               file=sys.stderr)
         return 130
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return 0
     print(f"{final['model']}  test error {final['test_error_pct']:.2f}%  params {final['params']:,}  "
           f"MACs {format_count(final['macs'])}  {final['epochs']} epochs in {final['seconds']:.0f} s")
     print(f"wrote {args.out / 'final.json'}, {args.out / 'last.pt'}")
