@@ -137,7 +137,8 @@ def main() -> None:
 
     def fresh(genotype: bs.Genotype, channels_last: bool) -> bs.BlockNetwork:
         torch.manual_seed(0)
-        return genotype.build().to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        return genotype.build().to(device, memory_format=memory_format)
 
     result = {"device": str(device), "threads": torch.get_num_threads(), "precision": precision,
               "batch_size": args.batch_size, "steps": args.steps, "reference_workers": args.workers}

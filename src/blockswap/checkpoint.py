@@ -19,7 +19,7 @@ from .errors import BlockSwapError
 from .genotype import Genotype
 from .networks import BlockNetwork
 
-__all__ = ["CheckpointError", "save_atomic", "read_checkpoint", "load_network"]
+__all__ = ["CheckpointError", "save_atomic", "write_text_atomic", "read_checkpoint", "load_network"]
 
 
 class CheckpointError(BlockSwapError):
@@ -31,6 +31,14 @@ def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a text file through a temporary file and a rename, like `save_atomic`."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -49,8 +57,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def _describe(genotype: Genotype) -> str:
-    kinds = sorted(set(genotype.blocks))
-    return f"{genotype.backbone.name} ({'all ' + kinds[0] if len(kinds) == 1 else 'blocks ' + ' '.join(genotype.blocks)})"
+    kinds = set(genotype.blocks)
+    blocks = f"all {genotype.blocks[0]}" if len(kinds) == 1 else "blocks " + " ".join(genotype.blocks)
+    return f"{genotype.backbone.name} ({blocks})"
 
 
 def load_network(

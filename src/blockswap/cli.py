@@ -138,7 +138,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder of this run")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--epochs", type=_positive_int, default=200, help="(default 200)")
-    p.add_argument("--batch-size", type=_positive_int, default=128, help="global batch over all processes (default 128)")
+    p.add_argument("--batch-size", type=_positive_int, default=128, help="global batch, split over processes")
     p.add_argument("--lr", type=float, default=0.1, help="initial learning rate (default 0.1)")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="(default 5e-4)")
@@ -186,7 +186,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--budget", type=_budget, help="parameter budget for --random and --prune, e.g. 400k")
     teach = s.add_mutually_exclusive_group(required=True)
     teach.add_argument("--teacher", help="teacher weight file (e.g. last.pt of a teacher run)")
-    teach.add_argument("--no-teacher", action="store_true", help="cross-entropy only, to measure what distillation adds")
+    teach.add_argument("--no-teacher", action="store_true", help="cross-entropy only: what distillation adds")
     s.add_argument("--teacher-model", help="the teacher's architecture (model name or genotype file); "
                    "checked against the checkpoint, needed only for a bare state dict")
     s.add_argument("--beta", type=float, default=1000.0, help="attention-transfer weight (default 1000)")

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .checkpoint import load_network, read_checkpoint, save_atomic
+from .checkpoint import load_network, read_checkpoint, save_atomic, write_text_atomic
 from .data import DataError, ImageSet, augment, load_cifar10
 from .data import _folder as data_folder
 from .distill import DistillConfig, LossParts, student_loss
@@ -112,7 +112,8 @@ class TrainConfig:
             raise BlockSwapError(f"unknown precision {self.precision!r}; valid choices: {', '.join(PRECISIONS)}")
         if self.prune is not None:
             if self.prune not in PRUNE_METHODS:
-                raise BlockSwapError(f"unknown pruning method {self.prune!r}; valid choices: {', '.join(PRUNE_METHODS)}")
+                choices = ", ".join(PRUNE_METHODS)
+                raise BlockSwapError(f"unknown pruning method {self.prune!r}; valid choices: {choices}")
             if self.prune_budget is None:
                 raise BlockSwapError("pruning needs a budget of non-zero parameters")
             if self.prune == "l1" and self.teacher is None:
@@ -127,6 +128,10 @@ class TrainConfig:
 
     def distill(self) -> DistillConfig:
         return DistillConfig(self.beta, self.kd_alpha, self.kd_temperature)
+
+    def pruning(self) -> dict[str, Any] | None:
+        """How the network was pruned, as recorded in weight files and final.json."""
+        return None if self.prune is None else {"method": self.prune, "budget": self.prune_budget}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -240,7 +245,9 @@ def train_step(
     return parts, logits
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-epoch learning-rate schedule: cosine annealing to 0, or lr/5 at 30/60/80% of the epochs."""
     if schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
@@ -248,12 +255,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, epochs: int)
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=STEP_GAMMA)
 
 
-def _epoch_seed(*key: int) -> int:
-    return int(np.random.SeedSequence(list(key)).generate_state(1)[0])
-
-
 def _generator(*key: int) -> torch.Generator:
-    return torch.Generator().manual_seed(_epoch_seed(*key))
+    """A CPU generator seeded from a key such as (seed, epoch, rank) through NumPy's SeedSequence."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1)[0]))
 
 
 def _prepare_out_dir(out: Path, config: TrainConfig, resume: bool, dist: Distributed) -> dict[str, Any] | None:
@@ -273,9 +277,7 @@ def _prepare_out_dir(out: Path, config: TrainConfig, resume: bool, dist: Distrib
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if not config_path.exists():
-            tmp = config_path.with_name("config.json.tmp")
-            tmp.write_text(json.dumps(wanted, indent=2) + "\n")
-            os.replace(tmp, config_path)
+            write_text_atomic(config_path, json.dumps(wanted, indent=2) + "\n")
     return checkpoint
 
 
@@ -340,9 +342,8 @@ def _prune(
 
 
 def _weights_payload(net: BlockNetwork, genotype: Genotype, config: TrainConfig, row: dict[str, Any]) -> dict[str, Any]:
-    pruning = None if config.prune is None else {"method": config.prune, "budget": config.prune_budget}
     return {"genotype": genotype.to_dict(), "state_dict": net.state_dict(), "epoch": row["epoch"],
-            "test_error_pct": row["test_error_pct"], "pruning": pruning}
+            "test_error_pct": row["test_error_pct"], "pruning": config.pruning()}
 
 
 def train(
@@ -403,8 +404,8 @@ def _train(
     model: nn.Module = TapsModule(net)
     if dist.world > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if dist.is_main:
-        _rewrite_metrics(out / "metrics.jsonl", history)
+    if dist.is_main:  # exactly the checkpoint's epochs: drops a row written after the last checkpoint
+        write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
 
     distill = config.distill()
     teacher_net = None if teacher is None else teacher[0]
@@ -449,22 +450,13 @@ def _train(
              "params": nonzero_params(net), "macs": genotype.macs(), "epochs": config.epochs,
              "seconds": sum(r["seconds"] for r in history), "model": genotype.backbone.name,
              "blocks": list(genotype.blocks), "teacher": config.teacher,
-             "pruning": None if config.prune is None else {"method": config.prune, "budget": config.prune_budget},
+             "pruning": config.pruning(),
              "processes": dist.world, "device": device.type, "precision": precision}
     if dist.is_main:
         save_atomic(_weights_payload(net, genotype, config, last), out / "last.pt")
-        tmp = out / "final.json.tmp"
-        tmp.write_text(json.dumps(final, indent=2) + "\n")
-        os.replace(tmp, out / "final.json")
+        write_text_atomic(out / "final.json", json.dumps(final, indent=2) + "\n")
     dist.barrier()
     return final
-
-
-def _rewrite_metrics(path: Path, history: list[dict[str, Any]]) -> None:
-    """metrics.jsonl holding exactly the checkpoint's epochs (drops a row written after the last checkpoint)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
-    os.replace(tmp, path)
 
 
 def _train_epoch(
