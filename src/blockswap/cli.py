@@ -221,6 +221,8 @@ def _student_genotype(args: argparse.Namespace, teacher: Genotype | None) -> Gen
     if args.genotype:
         return _resolve_genotype(args.genotype, args.model, 0)
     if args.prune:
+        if args.model:
+            raise BlockSwapError("--prune prunes the teacher's own network; --model does not apply")
         if teacher is None:
             raise BlockSwapError("--prune prunes the teacher: give --teacher, or --teacher-model with --no-teacher")
         return teacher
