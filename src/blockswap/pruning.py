@@ -91,8 +91,5 @@ class Pruner:
             w.mul_(self.masks[name].to(device=w.device, dtype=w.dtype))
 
     def state_dict(self) -> dict[str, Tensor]:
+        """The masks by weight name, as saved in checkpoint.pt (`Pruner(masks)` restores them)."""
         return dict(self.masks)
-
-    @classmethod
-    def from_state_dict(cls, masks: dict[str, Tensor]) -> Pruner:
-        return cls(dict(masks))
