@@ -23,3 +23,16 @@ def cifar_root() -> Path:
         cache.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, str(BUILD_SCRIPT), str(cache)], check=True, capture_output=True)
     return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output folder of a WRN-10-1 teacher trained for one epoch on 256 real CIFAR-10 images."""
+    from blockswap import Backbone, Genotype
+    from blockswap.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("teacher")
+    config = TrainConfig(genotype=Genotype.uniform(Backbone.from_name("wrn-10-1")).to_dict(), data_dir=str(cifar_root),
+                         epochs=1, batch_size=32, train_subset=256, test_subset=200, precision="fp32")
+    train(config, out, progress=False)
+    return out

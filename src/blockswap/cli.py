@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -127,11 +128,182 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by `train teacher` and `train student`: data, recipe, run control."""
+    from .precision import PRECISIONS
+    from .training import SCHEDULES
+
+    p.add_argument("--data-dir", required=True, help="folder holding cifar-10-batches-py")
+    p.add_argument("--download", action="store_true", help="fetch CIFAR-10 into --data-dir when it is missing")
+    p.add_argument("--out", required=True, type=Path, help="output folder of this run")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--epochs", type=_positive_int, default=200, help="(default 200)")
+    p.add_argument("--batch-size", type=_positive_int, default=128, help="global batch, split over processes")
+    p.add_argument("--lr", type=float, default=0.1, help="initial learning rate (default 0.1)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="(default 5e-4)")
+    p.add_argument("--schedule", choices=SCHEDULES, default="cosine",
+                   help="cosine annealing (published code, default) or step: lr/5 at 30%%, 60%%, 80%% of the epochs")
+    p.add_argument("--cutout", type=int, default=16, help="Cutout hole size, 0 for none (default 16)")
+    p.add_argument("--train-subset", type=_positive_int, default=None, help="train on the first N images only")
+    p.add_argument("--test-subset", type=_positive_int, default=None, help="test on the first N images only")
+    p.add_argument("--seed", type=int, default=0, help="initial weights, batch order, augmentation (default 0)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 autocast on CUDA and on CPUs with AVX512-BF16/AMX, else fp32 (default auto)")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="keep NCHW tensors (channels_last is faster for dense convs, slower for some grouped ones)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .pruning import PRUNE_METHODS
+
+    p = sub.add_parser("train", help="train a teacher, or a student with attention transfer",
+                       description="Train on CIFAR-10 with the paper's recipe; writes config.json, metrics.jsonl, "
+                       "checkpoint.pt, best.pt, last.pt and final.json to --out. Works under torchrun.")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    t = kinds.add_parser("teacher", help="train a network with cross-entropy",
+                         description="Train any supported network with plain cross-entropy.")
+    arch = t.add_mutually_exclusive_group(required=True)
+    arch.add_argument("--model", help="all-Conv network: wrn-D-K (e.g. wrn-40-2) or resnet18/34")
+    arch.add_argument("--genotype", help="genotype file (.json, or published .csv as WRN-40-2)")
+    _add_train_options(t)
+    t.set_defaults(func=_cmd_train)
+
+    s = kinds.add_parser("student", help="train a student (or a baseline) with attention transfer",
+                         description="The student is --genotype, a scaled WRN (--model), a single-blocktype network "
+                         "(--all TYPE), a random budget-feasible genotype (--random --budget B), or the teacher "
+                         "pruned to --budget non-zero parameters (--prune l1|snip). --all and --random use the "
+                         "backbone of --model, else the teacher's.")
+    arch = s.add_mutually_exclusive_group()
+    arch.add_argument("--genotype", help="genotype file, e.g. best.json from blockswap search")
+    arch.add_argument("--all", metavar="TYPE", help="every block the same palette type, e.g. G4B2")
+    arch.add_argument("--random", action="store_true", help="a random genotype within --budget (seeded by --seed)")
+    arch.add_argument("--prune", choices=PRUNE_METHODS,
+                      help="prune the teacher to --budget: l1 (magnitude of its trained weights) or snip (at init)")
+    s.add_argument("--model", help="student backbone, alone a depth/width baseline (e.g. wrn-16-2)")
+    s.add_argument("--budget", type=_budget, help="parameter budget for --random and --prune, e.g. 400k")
+    teach = s.add_mutually_exclusive_group(required=True)
+    teach.add_argument("--teacher", help="teacher weight file (e.g. last.pt of a teacher run)")
+    teach.add_argument("--no-teacher", action="store_true", help="cross-entropy only: what distillation adds")
+    s.add_argument("--teacher-model", help="the teacher's architecture (model name or genotype file); "
+                   "checked against the checkpoint, needed only for a bare state dict")
+    s.add_argument("--beta", type=float, default=1000.0, help="attention-transfer weight (default 1000)")
+    s.add_argument("--kd-alpha", type=float, default=0.0, help="Hinton KD weight against CE; 0 = off (default 0)")
+    s.add_argument("--kd-temperature", type=float, default=4.0, help="KD temperature (default 4)")
+    _add_train_options(s)
+    s.set_defaults(func=_cmd_train)
+
+
+def _teacher_genotype(args: argparse.Namespace) -> Genotype | None:
+    """The teacher's genotype from --teacher-model, else as recorded in the --teacher file."""
+    from .checkpoint import read_checkpoint
+
+    if args.teacher_model:
+        return _resolve_genotype(args.teacher_model, None, 0)
+    if args.teacher is None:
+        return None
+    recorded = read_checkpoint(args.teacher).get("genotype")
+    if recorded is None:
+        raise BlockSwapError(f"{args.teacher} does not record its architecture; name it with --teacher-model")
+    return Genotype.from_dict(recorded)
+
+
+def _student_genotype(args: argparse.Namespace, teacher: Genotype | None) -> Genotype:
+    """The network `train student` trains, from whichever of its options was given."""
+    from .budget import sample_genotypes
+
+    if args.budget is not None and not (args.random or args.prune):
+        raise BlockSwapError("--budget applies to --random and --prune only")
+    if (args.random or args.prune) and args.budget is None:
+        raise BlockSwapError(f"--{'random' if args.random else 'prune'} needs --budget")
+    if args.genotype:
+        return _resolve_genotype(args.genotype, args.model, 0)
+    if args.prune:
+        if args.model:
+            raise BlockSwapError("--prune prunes the teacher's own network; --model does not apply")
+        if teacher is None:
+            raise BlockSwapError("--prune prunes the teacher: give --teacher, or --teacher-model with --no-teacher")
+        return teacher
+    if args.model and not (args.all or args.random):
+        return Genotype.uniform(Backbone.from_name(args.model))
+    if args.model is None and teacher is None:
+        raise BlockSwapError("name the student: --genotype FILE, --model NAME, or a teacher to derive it from")
+    backbone = Backbone.from_name(args.model) if args.model else teacher.backbone
+    if args.all:
+        if args.all not in palette:
+            raise BlockSwapError(f"unknown block type {args.all!r}; valid choices: {', '.join(palette.names)}")
+        return Genotype.uniform(backbone, args.all).validate()
+    if args.random:
+        return sample_genotypes(backbone, args.budget, 1, seed=args.seed)[0]
+    raise BlockSwapError("name the student: --genotype, --model, --all, --random or --prune")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .training import TrainConfig, train
+
+    options = {"data_dir": args.data_dir, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+               "momentum": args.momentum, "weight_decay": args.weight_decay, "schedule": args.schedule,
+               "train_subset": args.train_subset, "test_subset": args.test_subset, "seed": args.seed,
+               "precision": args.precision, "channels_last": args.channels_last, "cutout": args.cutout,
+               "download": args.download}
+    if args.kind == "teacher":
+        genotype = _resolve_genotype(args.genotype or args.model, None, 0)
+        config = TrainConfig(genotype=genotype.to_dict(), **options)
+    else:
+        teacher = _teacher_genotype(args)
+        genotype = _student_genotype(args, teacher)
+        config = TrainConfig(
+            genotype=genotype.to_dict(), teacher=args.teacher,
+            teacher_genotype=teacher.to_dict() if args.teacher and args.teacher_model else None,
+            beta=args.beta, kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature,
+            prune=args.prune, prune_budget=args.budget if args.prune else None, **options)
+    try:
+        final = train(config, args.out, resume=args.resume, device=_device(args.device), progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"blockswap: interrupted; add --resume to the same command to continue from {args.out}/checkpoint.pt",
+              file=sys.stderr)
+        return 130
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return 0
+    print(f"{final['model']}  test error {final['test_error_pct']:.2f}%  params {final['params']:,}  "
+          f"MACs {format_count(final['macs'])}  {final['epochs']} epochs in {final['seconds']:.0f} s")
+    print(f"wrote {args.out / 'final.json'}, {args.out / 'last.pt'}")
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from .precision import PRECISIONS
+
+    p = sub.add_parser("eval", help="test error, params, MACs and latency of a trained network, as JSON",
+                       description="Evaluate a weight file written by `blockswap train` (best.pt, last.pt or "
+                       "checkpoint.pt) on the CIFAR-10 test set and time it on the current device.")
+    p.add_argument("--checkpoint", required=True, help="weight file")
+    p.add_argument("--data-dir", required=True, help="folder holding cifar-10-batches-py")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="(default auto)")
+    p.add_argument("--test-subset", type=_positive_int, default=None, help="first N test images only")
+    p.add_argument("--repeats", type=_positive_int, default=20, help="timed forward passes at batch 1 (default 20)")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_checkpoint
+
+    report = evaluate_checkpoint(args.checkpoint, args.data_dir, _device(args.device), args.precision,
+                                 test_subset=args.test_subset, repeats=args.repeats)
+    print(json.dumps(report.to_dict(), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blockswap", description="Fisher-guided block substitution (BlockSwap).")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_search(sub)
     _add_info(sub)
+    _add_train(sub)
+    _add_eval(sub)
     return parser
 
 

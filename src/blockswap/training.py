@@ -1,0 +1,512 @@
+"""Training teachers and attention-transfer students on CIFAR-10 (SPEC section 5).
+
+The recipe is the paper's: SGD with momentum 0.9, weight decay 5e-4, lr 0.1,
+batch 128, 200 epochs, random crop + flip + Cutout, and either the published
+code's cosine annealing or the paper's lr / 5 at 30%, 60% and 80% of training.
+A student with a teacher minimises CE + attention transfer at the stage outputs
+(`blockswap.distill`); without a teacher it minimises CE alone.
+
+The data pipeline follows airbench: the training set sits on the device as one
+uint8 tensor, a batch is a slice of a seeded permutation, and augmentation runs
+on the whole batch there. Each epoch's permutation and augmentation come from
+generators seeded by (seed, epoch[, rank]), so a run resumed from the checkpoint
+written at the end of an epoch replays exactly the batches of an uninterrupted run.
+
+Under torchrun (WORLD_SIZE > 1) every process takes its slice of each global
+batch, DistributedDataParallel averages the gradients (gloo on CPU, nccl on
+CUDA), BN statistics stay per process as in plain DDP, test images are sharded
+and their sums all-reduced, and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from .checkpoint import load_network, read_checkpoint, save_atomic, write_text_atomic
+from .data import DataError, ImageSet, augment, load_cifar10
+from .data import _folder as data_folder
+from .distill import DistillConfig, LossParts, student_loss
+from .errors import BlockSwapError
+from .evaluate import test_sums
+from .genotype import Genotype
+from .networks import BlockNetwork
+from .precision import PRECISIONS, autocast, resolve_precision
+from .pruning import PRUNE_METHODS, Pruner, magnitude_scores, nonzero_params, snip_scores
+
+__all__ = [
+    "SCHEDULES",
+    "TrainConfig",
+    "TrainingError",
+    "Distributed",
+    "setup_distributed",
+    "TapsModule",
+    "forward_loss",
+    "train_step",
+    "make_scheduler",
+    "train",
+]
+
+SCHEDULES = ("cosine", "step")
+STEP_FRACTIONS = (0.3, 0.6, 0.8)  # the paper's epochs 60, 120, 160 of 200
+STEP_GAMMA = 0.2  # the paper divides the learning rate by 5
+LOG_EVERY = 20  # steps between progress updates (and the NaN check, which needs a sync)
+EVAL_BATCH = 500
+
+
+class TrainingError(BlockSwapError):
+    """A run that cannot go on: a diverged loss, or an output folder holding another run."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run; saved as config.json in its output folder."""
+
+    genotype: dict[str, Any]  # the network to train, as Genotype.to_dict(); the CLI resolves --model/--all/--random
+    data_dir: str  # folder holding (or to receive) cifar-10-batches-py
+    epochs: int = 200  # the paper's CIFAR-10 recipe
+    batch_size: int = 128  # global minibatch, split across processes; the paper's
+    lr: float = 0.1  # initial learning rate, the paper's
+    momentum: float = 0.9  # SGD momentum (plain, not Nesterov), the paper's
+    weight_decay: float = 5e-4  # the paper's, applied to every parameter as in the published code
+    schedule: str = "cosine"  # the published code's annealing; "step" is the paper's lr/5 at 30/60/80% of epochs
+    teacher: str | None = None  # teacher weight file for distillation; None trains with cross-entropy alone
+    teacher_genotype: dict[str, Any] | None = None  # the teacher's architecture; None reads it from the file
+    beta: float = 1000.0  # attention-transfer weight from the paper (scaled by 3 / points)
+    kd_alpha: float = 0.0  # Hinton KD weight against CE; 0 is the paper's AT-only student
+    kd_temperature: float = 4.0  # KD softmax temperature, the published code's
+    prune: str | None = None  # "l1" (teacher weights) or "snip" (at init): prune before training
+    prune_budget: int | None = None  # non-zero parameters left by pruning
+    train_subset: int | None = None  # train on the first N images only, for quick runs
+    test_subset: int | None = None  # test on the first N images only, for quick runs
+    seed: int = 0  # fixes initial weights, batch order, augmentation and the SNIP batch
+    precision: str = "auto"  # bf16 autocast where the device computes bf16 natively, else fp32
+    channels_last: bool = True  # NHWC is faster for dense convs on CPU and tensor cores
+    cutout: int = 16  # Cutout hole size, the published code's; 0 disables it
+    download: bool = False  # fetch CIFAR-10 into data_dir when it is missing
+
+    def validate(self) -> TrainConfig:
+        """Raise BlockSwapError naming the first bad setting."""
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
+        for name, value in positive.items():
+            if value <= 0:
+                raise BlockSwapError(f"{name} must be positive, got {value}")
+        if self.momentum < 0 or self.weight_decay < 0:
+            raise BlockSwapError("momentum and weight decay must be non-negative")
+        if self.schedule not in SCHEDULES:
+            raise BlockSwapError(f"unknown schedule {self.schedule!r}; valid choices: {', '.join(SCHEDULES)}")
+        if self.precision not in PRECISIONS:
+            raise BlockSwapError(f"unknown precision {self.precision!r}; valid choices: {', '.join(PRECISIONS)}")
+        if self.prune is not None:
+            if self.prune not in PRUNE_METHODS:
+                choices = ", ".join(PRUNE_METHODS)
+                raise BlockSwapError(f"unknown pruning method {self.prune!r}; valid choices: {choices}")
+            if self.prune_budget is None:
+                raise BlockSwapError("pruning needs a budget of non-zero parameters")
+            if self.prune == "l1" and self.teacher is None:
+                raise BlockSwapError("L1 pruning prunes trained teacher weights: give the teacher checkpoint")
+        for name in ("train_subset", "test_subset"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise BlockSwapError(f"{name} must be positive, got {value}")
+        self.distill()
+        Genotype.from_dict(self.genotype)
+        return self
+
+    def distill(self) -> DistillConfig:
+        return DistillConfig(self.beta, self.kd_alpha, self.kd_temperature)
+
+    def pruning(self) -> dict[str, Any] | None:
+        """How the network was pruned, as recorded in weight files and final.json."""
+        return None if self.prune is None else {"method": self.prune, "budget": self.prune_budget}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """The config saved in config.json."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise BlockSwapError(f"unknown training setting(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a (possibly single-process) run."""
+
+    rank: int
+    world: int
+    device: torch.device
+    owns_group: bool  # this module started the process group and must end it
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce_sum(self, t: Tensor) -> Tensor:
+        """The sum of `t` over processes (in place)."""
+        if self.world > 1:
+            torch_dist.all_reduce(t)
+        return t
+
+    def broadcast_buffers(self, module: nn.Module) -> None:
+        """Give every process rank 0's buffers (BN running statistics), which rank 0 saves and tests with."""
+        if self.world > 1:
+            for buffer in module.buffers():
+                torch_dist.broadcast(buffer, 0)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch_dist.barrier()
+
+    def close(self) -> None:
+        if self.owns_group:
+            torch_dist.destroy_process_group()
+
+
+def setup_distributed(device: torch.device | None = None) -> Distributed:
+    """Join the process group torchrun describes (WORLD_SIZE, RANK, ...), or run as a single process.
+
+    An already initialised group (e.g. from a test) is used as it is.
+    """
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    elif device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    owns = False
+    if not torch_dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        owns = True
+    if torch_dist.is_initialized():
+        return Distributed(torch_dist.get_rank(), torch_dist.get_world_size(), device, owns)
+    return Distributed(0, 1, device, False)
+
+
+class TapsModule(nn.Module):
+    """A network whose forward returns (logits, stage outputs), so DDP sees the distillation pass."""
+
+    def __init__(self, net: BlockNetwork) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        taps = self.net.forward_taps(x)
+        return taps.logits, taps.stages
+
+
+def forward_loss(
+    model: nn.Module,
+    teacher: BlockNetwork | None,
+    x: Tensor,
+    y: Tensor,
+    distill: DistillConfig,
+    precision: str = "fp32",
+) -> tuple[LossParts, Tensor]:
+    """The student loss on one batch (CE alone without a teacher) and the student's logits."""
+    with autocast(x.device, precision):
+        logits, stages = model(x)
+        if teacher is None:
+            return student_loss(logits, y, distill), logits
+        with torch.no_grad():
+            t = teacher.forward_taps(x)
+    return student_loss(logits, y, distill, stages, t.stages, t.logits), logits
+
+
+def train_step(
+    model: nn.Module,
+    teacher: BlockNetwork | None,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    distill: DistillConfig,
+    precision: str = "fp32",
+) -> tuple[LossParts, Tensor]:
+    """One optimiser step on one batch; returns the loss terms and the student's logits."""
+    parts, logits = forward_loss(model, teacher, x, y, distill, precision)
+    optimizer.zero_grad(set_to_none=True)
+    parts.total.backward()
+    optimizer.step()
+    return parts, logits
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch learning-rate schedule: cosine annealing to 0, or lr/5 at 30/60/80% of the epochs."""
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    milestones = [max(1, int(f * epochs)) for f in STEP_FRACTIONS]
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=STEP_GAMMA)
+
+
+def _generator(*key: int) -> torch.Generator:
+    """A CPU generator seeded from a key such as (seed, epoch, rank) through NumPy's SeedSequence."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1)[0]))
+
+
+def _prepare_out_dir(out: Path, config: TrainConfig, resume: bool, dist: Distributed) -> dict[str, Any] | None:
+    """Check the folder belongs to this run (write config.json on rank 0); the checkpoint to resume, if any."""
+    config_path, ckpt_path = out / "config.json", out / "checkpoint.pt"
+    wanted = json.loads(json.dumps(asdict(config)))
+    if config_path.exists() or ckpt_path.exists():
+        if not resume:
+            raise TrainingError(f"{out} already holds a run: pass --resume to continue it, or use a fresh --out")
+        saved = json.loads(config_path.read_text()) if config_path.exists() else {}
+        diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
+        if diff:
+            changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+            raise TrainingError(f"{out} holds a different run ({changes}); resume it with its own settings")
+    checkpoint = read_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    dist.barrier()
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not config_path.exists():
+            write_text_atomic(config_path, json.dumps(wanted, indent=2) + "\n")
+    return checkpoint
+
+
+def _load_data(config: TrainConfig, dist: Distributed) -> tuple[ImageSet, ImageSet]:
+    """This process's training set (all of it: batches are sliced per step) and its shard of the test set."""
+    folder = data_folder(config.data_dir)
+    if not config.download and not (folder / "test_batch").is_file():
+        raise DataError(f"CIFAR-10 not found at {folder}: put the extracted official archive there "
+                        "(it holds cifar-10-batches-py/), or pass --download to fetch it")
+    train_set = load_cifar10(config.data_dir, train=True, download=config.download)
+    test_set = load_cifar10(config.data_dir, train=False, download=False)
+    if config.train_subset is not None:
+        train_set = train_set.subset(config.train_subset)
+    if config.test_subset is not None:
+        test_set = test_set.subset(config.test_subset)
+    if len(train_set) < config.batch_size:
+        raise BlockSwapError(f"{len(train_set)} training images cannot fill one batch of {config.batch_size}")
+    shard = ImageSet(test_set.images[dist.rank :: dist.world], test_set.labels[dist.rank :: dist.world])
+    return train_set.to(dist.device), shard.to(dist.device)
+
+
+def _load_teacher(config: TrainConfig, student: Genotype, device: torch.device) -> tuple[BlockNetwork, Genotype] | None:
+    """The frozen eval-mode teacher and its genotype, checked to offer the student's attention points."""
+    if config.teacher is None:
+        return None
+    expected = None if config.teacher_genotype is None else Genotype.from_dict(config.teacher_genotype)
+    teacher, genotype, _ = load_network(config.teacher, expected)
+    s, t = student.backbone, genotype.backbone
+    if len(s.stage_widths) != len(t.stage_widths) or s.input_size != t.input_size or s.num_classes != t.num_classes:
+        raise BlockSwapError(
+            f"teacher {t.name} ({len(t.stage_widths)} stages, {t.num_classes} classes) cannot teach student "
+            f"{s.name} ({len(s.stage_widths)} stages, {s.num_classes} classes): attention transfer pairs stage outputs"
+        )
+    teacher = teacher.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
+    return teacher.eval().requires_grad_(False), genotype
+
+
+def _fresh_network(config: TrainConfig, genotype: Genotype) -> BlockNetwork:
+    """The network with its seeded initial weights; the global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return genotype.build()
+
+
+def _prune(
+    config: TrainConfig,
+    net: BlockNetwork,
+    genotype: Genotype,
+    teacher: tuple[BlockNetwork, Genotype] | None,
+    train_set: ImageSet,
+) -> Pruner:
+    """Prune `net` to the budget: magnitude of the teacher's weights (L1), or SNIP on one seeded batch."""
+    if config.prune == "l1":
+        if teacher is None or teacher[1] != genotype:
+            raise BlockSwapError("L1 pruning starts from the teacher's weights: the network must be the teacher's")
+        net.load_state_dict(teacher[0].state_dict())
+        scores = magnitude_scores(net)
+    else:
+        images, labels = train_set.probe_batch(config.batch_size, config.seed)
+        scores = snip_scores(net, images, labels)
+    return Pruner.to_budget(net, scores, config.prune_budget)
+
+
+def _weights_payload(net: BlockNetwork, genotype: Genotype, config: TrainConfig, row: dict[str, Any]) -> dict[str, Any]:
+    return {"genotype": genotype.to_dict(), "state_dict": net.state_dict(), "epoch": row["epoch"],
+            "test_error_pct": row["test_error_pct"], "pruning": config.pruning()}
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    device: torch.device | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, Any], BlockNetwork], None] | None = None,
+) -> dict[str, Any]:
+    """Train `config.genotype` into `out_dir` and return what final.json holds.
+
+    With `resume`, an output folder holding this run continues from its last
+    checkpoint. `on_epoch(row, network)` is called after each epoch's files are written.
+    """
+    config.validate()
+    dist = setup_distributed(device)
+    try:
+        return _train(config, Path(out_dir), resume, dist, progress, on_epoch)
+    finally:
+        dist.close()
+
+
+def _train(
+    config: TrainConfig,
+    out: Path,
+    resume: bool,
+    dist: Distributed,
+    progress: bool,
+    on_epoch: Callable[[dict[str, Any], BlockNetwork], None] | None,
+) -> dict[str, Any]:
+    device = dist.device
+    if config.batch_size % dist.world:
+        raise BlockSwapError(f"batch size {config.batch_size} does not split evenly over {dist.world} processes")
+    genotype = Genotype.from_dict(config.genotype)
+    precision = resolve_precision(config.precision, device)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    checkpoint = _prepare_out_dir(out, config, resume, dist)
+    train_set, test_shard = _load_data(config, dist)
+    teacher = _load_teacher(config, genotype, device)
+    net = _fresh_network(config, genotype).to(device, memory_format=memory_format)
+    optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    scheduler = make_scheduler(optimizer, config.schedule, config.epochs)
+    history: list[dict[str, Any]] = []
+    pruner = None
+    if checkpoint is None:
+        if config.prune is not None:
+            pruner = _prune(config, net, genotype, teacher, train_set)
+    else:
+        net.load_state_dict(checkpoint["state_dict"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        history = list(checkpoint["history"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        if checkpoint["masks"] is not None:
+            pruner = Pruner({name: mask.to(device) for name, mask in checkpoint["masks"].items()})
+    model: nn.Module = TapsModule(net)
+    if dist.world > 1:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if dist.is_main:  # exactly the checkpoint's epochs: drops a row written after the last checkpoint
+        write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+
+    distill = config.distill()
+    teacher_net = None if teacher is None else teacher[0]
+    for epoch in range(len(history), config.epochs):
+        start = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        model.train()
+        sums = _train_epoch(model, net, teacher_net, pruner, optimizer, train_set, config, distill, precision,
+                            memory_format, epoch, dist, progress, out, len(history))
+        train_seconds = time.perf_counter() - start
+        dist.broadcast_buffers(net)
+        test = dist.all_reduce_sum(test_sums(net, test_shard, EVAL_BATCH, precision, config.channels_last))
+        scheduler.step()
+        n = float(sums[-1])
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(sums[0]) / n,
+               "train_ce": float(sums[1]) / n, "train_at": float(sums[2]) / n, "train_kd": float(sums[3]) / n,
+               "train_error_pct": 100.0 * float(sums[4]) / n, "test_loss": float(test[0] / test[2]),
+               "test_error_pct": 100.0 * float(test[1] / test[2]), "seconds": time.perf_counter() - start,
+               "train_images_per_s": n / train_seconds}
+        best = min(history, key=lambda r: r["test_error_pct"], default=None)
+        history.append(row)
+        if dist.is_main:
+            weights = _weights_payload(net, genotype, config, row)
+            save_atomic({**weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "history": history, "torch_rng": torch.get_rng_state(),
+                         "masks": None if pruner is None else pruner.state_dict()}, out / "checkpoint.pt")
+            if best is None or row["test_error_pct"] < best["test_error_pct"]:
+                save_atomic(weights, out / "best.pt")
+            with (out / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            if progress:
+                tqdm.write(f"epoch {epoch + 1}/{config.epochs}  lr {lr:.4g}  train loss {row['train_loss']:.4f}  "
+                           f"train err {row['train_error_pct']:.2f}%  test err {row['test_error_pct']:.2f}%  "
+                           f"{row['train_images_per_s']:.0f} img/s")
+        if on_epoch is not None:
+            on_epoch(row, net)
+
+    last = history[-1]
+    best = min(history, key=lambda r: r["test_error_pct"])
+    final = {"test_error_pct": last["test_error_pct"], "test_loss": last["test_loss"],
+             "best_test_error_pct": best["test_error_pct"], "best_epoch": best["epoch"],
+             "params": nonzero_params(net), "macs": genotype.macs(), "epochs": config.epochs,
+             "seconds": sum(r["seconds"] for r in history), "model": genotype.backbone.name,
+             "blocks": list(genotype.blocks), "teacher": config.teacher,
+             "pruning": config.pruning(),
+             "processes": dist.world, "device": device.type, "precision": precision}
+    if dist.is_main:
+        save_atomic(_weights_payload(net, genotype, config, last), out / "last.pt")
+        write_text_atomic(out / "final.json", json.dumps(final, indent=2) + "\n")
+    dist.barrier()
+    return final
+
+
+def _train_epoch(
+    model: nn.Module,
+    net: BlockNetwork,
+    teacher: BlockNetwork | None,
+    pruner: Pruner | None,
+    optimizer: torch.optim.Optimizer,
+    train_set: ImageSet,
+    config: TrainConfig,
+    distill: DistillConfig,
+    precision: str,
+    memory_format: torch.memory_format,
+    epoch: int,
+    dist: Distributed,
+    progress: bool,
+    out: Path,
+    epochs_done: int,
+) -> Tensor:
+    """One pass over the training set; returns [loss, ce, at, kd, errors, images] summed over processes."""
+    device = dist.device
+    global_batch, local_batch = config.batch_size, config.batch_size // dist.world
+    steps = len(train_set) // global_batch  # the last partial batch is dropped (a new one each epoch)
+    order = torch.randperm(len(train_set), generator=_generator(config.seed, epoch)).to(device)
+    aug = _generator(config.seed, epoch, dist.rank)
+    sums = torch.zeros(6, dtype=torch.float64, device=device)
+    bar = tqdm(total=steps * global_batch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="img", unit_scale=True,
+               disable=not (progress and dist.is_main), dynamic_ncols=True, leave=False)
+    with bar:
+        for step in range(steps):
+            first = step * global_batch + dist.rank * local_batch
+            idx = order[first : first + local_batch]
+            x = augment(train_set.images[idx], aug, cutout=config.cutout).contiguous(memory_format=memory_format)
+            y = train_set.labels[idx]
+            parts, logits = train_step(model, teacher, optimizer, x, y, distill, precision)
+            if pruner is not None:
+                pruner.apply(net)
+            with torch.no_grad():
+                errors = (logits.argmax(1) != y).sum()
+                sums += torch.stack([parts.total.detach() * len(y), parts.ce * len(y), parts.attention * len(y),
+                                     parts.kd * len(y), errors, torch.tensor(len(y), device=device)]).double()
+            bar.update(global_batch)
+            if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:
+                seen = dist.all_reduce_sum(sums.clone())
+                loss = float(seen[0] / seen[-1])
+                if not math.isfinite(loss):
+                    kept = (f"{out / 'checkpoint.pt'} keeps epoch {epochs_done}" if epochs_done
+                            else "no checkpoint was written")
+                    hint = "a lower --lr or --precision fp32" if precision == "bf16" else "a lower --lr"
+                    raise TrainingError(f"training loss became {loss} in epoch {epoch + 1} (by step {step + 1}); "
+                                        f"stopped, {kept}; try {hint}")
+                bar.set_postfix(loss=f"{loss:.3f}", err=f"{100 * float(seen[4] / seen[-1]):.1f}%")
+    return seen  # the last step always reduces, so this covers the whole epoch
