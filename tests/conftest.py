@@ -13,6 +13,13 @@ REPO = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO.parent / "shared" / "data" / "cifar10" / "build.py"
 
 
+@pytest.fixture(autouse=True)
+def no_network_download(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never reach the internet: a missing data set 'downloads' from a file that does not exist."""
+    missing = tmp_path_factory.getbasetemp() / "no-such-mirror" / "cifar-10-python.tar.gz"
+    monkeypatch.setenv("BLOCKSWAP_CIFAR10_URL", missing.as_uri())
+
+
 @pytest.fixture(scope="session")
 def cifar_root() -> Path:
     """A folder holding cifar-10-batches-py (full CIFAR-10), built once and cached between runs."""

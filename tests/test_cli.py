@@ -40,7 +40,8 @@ def test_info_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 @pytest.mark.parametrize("argv,message", [
     (["search", "--budget", "10k", "--out", "{tmp}/a"], "outside the reachable range"),
     (["search", "--budget", "400k", "--model", "vgg", "--out", "{tmp}/b"], "unknown model 'vgg'"),
-    (["search", "--budget", "400k", "--data-dir", "{tmp}/nodata", "--out", "{tmp}/c"], "CIFAR-10"),
+    (["search", "--budget", "400k", "--data-dir", "{tmp}/nodata", "--out", "{tmp}/c"],
+     "could not download CIFAR-10"),
     (["info", "{tmp}/missing.json"], "not found"),
     (["info", "{tmp}/bad.json"], "not valid JSON"),
 ])
@@ -48,7 +49,8 @@ def test_bad_input_exits_non_zero_with_one_line(tmp_path: Path, argv: list[str],
     (tmp_path / "bad.json").write_text("{")
     proc = subprocess.run([sys.executable, "-m", "blockswap", *(a.format(tmp=tmp_path) for a in argv)],
                           capture_output=True, text=True, timeout=120,
-                          env={"PATH": "", "HOME": str(tmp_path), "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+                          env={"PATH": "", "HOME": str(tmp_path), "PYTHONPATH": str(Path(__file__).parents[1] / "src"),
+                               "BLOCKSWAP_CIFAR10_URL": (tmp_path / "none.tar.gz").as_uri()})
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("blockswap: error:") and message in lines[0], proc.stderr

@@ -147,3 +147,13 @@ def test_corrupt_batch_is_reported(tmp_path: Path) -> None:
     (folder / "test_batch").write_bytes(b"not a pickle")
     with pytest.raises(DataError, match="cannot read CIFAR-10 batch"):
         load_cifar10(tmp_path, train=False, download=False)
+
+
+def test_missing_folder_downloads_from_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """load_cifar10 fetches a missing set (here from a local mirror with the expected MD5) before reading it."""
+    archive = tmp_path / "mirror.tar.gz"
+    md5 = _fake_archive(archive)
+    monkeypatch.setenv("BLOCKSWAP_CIFAR10_URL", archive.as_uri())
+    monkeypatch.setattr("blockswap.data.CIFAR10_MD5", md5)
+    test = load_cifar10(tmp_path / "fresh", train=False)
+    assert len(test) == 2 and (tmp_path / "fresh" / "cifar-10-batches-py" / "data_batch_5").is_file()

@@ -140,7 +140,7 @@ def test_missing_data_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFix
     code = main(["train", "teacher", "--model", "wrn-10-1", "--data-dir", str(tmp_path / "nowhere"),
                  "--out", str(tmp_path / "out2")])
     assert code == 2
-    assert "pass --download" in capsys.readouterr().err
+    assert "CIFAR-10 not found" in capsys.readouterr().err
 
 
 def test_step_schedule_divides_by_five_at_30_60_80_percent() -> None:

@@ -133,8 +133,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     from .precision import PRECISIONS
     from .training import SCHEDULES
 
-    p.add_argument("--data-dir", required=True, help="folder holding cifar-10-batches-py")
-    p.add_argument("--download", action="store_true", help="fetch CIFAR-10 into --data-dir when it is missing")
+    p.add_argument("--data-dir", required=True,
+                   help="folder holding cifar-10-batches-py (downloaded there, MD5-checked, if missing)")
     p.add_argument("--out", required=True, type=Path, help="output folder of this run")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--epochs", type=_positive_int, default=200, help="(default 200)")
@@ -246,8 +246,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     options = {"data_dir": args.data_dir, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                "momentum": args.momentum, "weight_decay": args.weight_decay, "schedule": args.schedule,
                "train_subset": args.train_subset, "test_subset": args.test_subset, "seed": args.seed,
-               "precision": args.precision, "channels_last": args.channels_last, "cutout": args.cutout,
-               "download": args.download}
+               "precision": args.precision, "channels_last": args.channels_last, "cutout": args.cutout}
     if args.kind == "teacher":
         genotype = _resolve_genotype(args.genotype or args.model, None, 0)
         config = TrainConfig(genotype=genotype.to_dict(), **options)

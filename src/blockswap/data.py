@@ -13,6 +13,7 @@ package as the default probe data, so a search needs no download.
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import shutil
 import tarfile
@@ -33,6 +34,7 @@ __all__ = [
     "DataError",
     "ImageSet",
     "CIFAR10_URL",
+    "URL_ENV",
     "CIFAR10_MD5",
     "CIFAR10_MEAN",
     "CIFAR10_STD",
@@ -44,6 +46,7 @@ __all__ = [
 ]
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+URL_ENV = "BLOCKSWAP_CIFAR10_URL"  # a mirror of the official archive (same MD5), e.g. a file:// URL
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
@@ -109,14 +112,14 @@ def load_cifar10(root: str | Path, train: bool = True, download: bool = True) ->
     """The CIFAR-10 train or test split from `root` (or `root/cifar-10-batches-py`).
 
     When the folder is missing and `download` is set, fetches the official
-    archive and checks its MD5 first.
+    archive (or the mirror named by $BLOCKSWAP_CIFAR10_URL) and checks its MD5 first.
     """
     folder = _folder(root)
     names = _TRAIN_FILES if train else _TEST_FILES
     if not all((folder / n).is_file() for n in names):
         if not download:
             raise DataError(_missing_message(folder))
-        download_cifar10(folder.parent)
+        download_cifar10(folder.parent, url=os.environ.get(URL_ENV) or CIFAR10_URL, md5=CIFAR10_MD5)
     parts = [_read_batch(folder / n) for n in names]
     images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
     labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
@@ -126,7 +129,7 @@ def load_cifar10(root: str | Path, train: bool = True, download: bool = True) ->
 def _missing_message(folder: Path) -> str:
     return (
         f"CIFAR-10 not found at {folder}: put the extracted official archive there "
-        f"({CIFAR10_URL} holds {_FOLDER}/), or omit --data-dir to use the embedded sample"
+        f"({CIFAR10_URL} holds {_FOLDER}/), or run where that URL (or ${URL_ENV}) can be reached"
     )
 
 

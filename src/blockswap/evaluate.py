@@ -114,7 +114,7 @@ def evaluate_checkpoint(
     precision = resolve_precision(precision, device)
     model, genotype, _ = load_network(path, map_location="cpu")
     model = model.to(device, memory_format=torch.channels_last).eval()
-    test = load_cifar10(data_dir, train=False, download=False)
+    test = load_cifar10(data_dir, train=False)
     if test_subset is not None:
         test = test.subset(test_subset)
     loss, errors, n = test_sums(model, test.to(device), batch_size, precision, channels_last=True).tolist()

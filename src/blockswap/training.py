@@ -37,8 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .checkpoint import load_network, read_checkpoint, save_atomic, write_text_atomic
-from .data import DataError, ImageSet, augment, load_cifar10
-from .data import _folder as data_folder
+from .data import ImageSet, augment, load_cifar10
 from .distill import DistillConfig, LossParts, student_loss
 from .errors import BlockSwapError
 from .evaluate import test_sums
@@ -96,7 +95,6 @@ class TrainConfig:
     precision: str = "auto"  # bf16 autocast where the device computes bf16 natively, else fp32
     channels_last: bool = True  # NHWC is faster for dense convs on CPU and tensor cores
     cutout: int = 16  # Cutout hole size, the published code's; 0 disables it
-    download: bool = False  # fetch CIFAR-10 into data_dir when it is missing
 
     def validate(self) -> TrainConfig:
         """Raise BlockSwapError naming the first bad setting."""
@@ -283,12 +281,12 @@ def _prepare_out_dir(out: Path, config: TrainConfig, resume: bool, dist: Distrib
 
 def _load_data(config: TrainConfig, dist: Distributed) -> tuple[ImageSet, ImageSet]:
     """This process's training set (all of it: batches are sliced per step) and its shard of the test set."""
-    folder = data_folder(config.data_dir)
-    if not config.download and not (folder / "test_batch").is_file():
-        raise DataError(f"CIFAR-10 not found at {folder}: put the extracted official archive there "
-                        "(it holds cifar-10-batches-py/), or pass --download to fetch it")
-    train_set = load_cifar10(config.data_dir, train=True, download=config.download)
-    test_set = load_cifar10(config.data_dir, train=False, download=False)
+    if not dist.is_main:  # rank 0 downloads a missing data set first; the others then read it
+        dist.barrier()
+    train_set = load_cifar10(config.data_dir, train=True)
+    test_set = load_cifar10(config.data_dir, train=False)
+    if dist.is_main:
+        dist.barrier()
     if config.train_subset is not None:
         train_set = train_set.subset(config.train_subset)
     if config.test_subset is not None:
