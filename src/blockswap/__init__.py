@@ -9,7 +9,7 @@ from .data import DataError, ImageSet, augment, load_cifar10, load_embedded_samp
 from .errors import BlockSwapError
 from .genotype import Genotype, GenotypeError, load_genotype
 from .networks import Backbone, BlockNetwork, Taps, build_network
-from .scoring import SCORERS, FisherScorer, Score, Scorer, make_scorer
+from .scoring import SCORERS, FastFisherScorer, FisherScorer, Score, Scorer, make_scorer
 from .search import Candidate, SearchConfig, SearchResult, run_search
 
 __version__ = "0.1.0"
@@ -40,6 +40,7 @@ __all__ = [
     "build_network",
     "SCORERS",
     "FisherScorer",
+    "FastFisherScorer",
     "Score",
     "Scorer",
     "make_scorer",
