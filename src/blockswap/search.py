@@ -51,6 +51,8 @@ __all__ = [
     "SearchResult",
     "candidate_seed",
     "build_candidate",
+    "score_genotype",
+    "ScoringPool",
     "probe_data",
     "run_search",
     "read_candidates",
@@ -258,6 +260,53 @@ def _picklable(obj: object, what: str) -> object:
     return obj
 
 
+class ScoringPool:
+    """Spawned worker processes that build and score candidates; started once, reused for many jobs.
+
+    Each worker runs `threads` torch threads (default: this process's threads
+    split evenly, i.e. one each when there are as many workers as cores).
+    """
+
+    def __init__(
+        self,
+        workers: int,
+        batch: tuple[Tensor, Tensor],
+        seed: int,
+        scorer: Scorer,
+        palette: Palette = DEFAULT_PALETTE,
+        threads: int | None = None,
+    ) -> None:
+        threads = threads or max(1, torch.get_num_threads() // workers)
+        portable = None if palette is DEFAULT_PALETTE else _picklable(palette, "palette")
+        self._pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=mp.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=((batch[0].cpu(), batch[1].cpu()), str(batch[0].device), seed, _picklable(scorer, "scorer"),
+                      portable, threads),
+        )
+
+    def score(self, jobs: Iterable[tuple[int, Genotype]]) -> Iterator[tuple[int, Score]]:
+        """(index, score) for each (index, genotype) job, in completion order."""
+        futures = [self._pool.submit(_score_in_worker, i, g) for i, g in jobs]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+
+    def close(self) -> None:
+        """Drop queued jobs, wait for running ones, end the workers."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> ScoringPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def _score_all(
     todo: list[int],
     genotypes: list[Genotype],
@@ -272,21 +321,8 @@ def _score_all(
         for i in todo:
             yield i, score_genotype(genotypes[i], i, seed, batch, scorer, palette)
         return
-    threads = max(1, torch.get_num_threads() // workers)
-    portable = None if palette is DEFAULT_PALETTE else _picklable(palette, "palette")
-    cpu_batch = (batch[0].cpu(), batch[1].cpu())
-    pool = ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=mp.get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(cpu_batch, str(batch[0].device), seed, _picklable(scorer, "scorer"), portable, threads),
-    )
-    try:
-        jobs = [pool.submit(_score_in_worker, i, genotypes[i]) for i in todo]
-        for job in as_completed(jobs):
-            yield job.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    with ScoringPool(workers, batch, seed, scorer, palette) as pool:
+        yield from pool.score((i, genotypes[i]) for i in todo)
 
 
 def _shared_start(out: Path, config: SearchConfig, genotypes: list[Genotype],
