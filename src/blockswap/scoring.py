@@ -97,11 +97,12 @@ class _NHWCBatchNorm(torch.autograd.Function):
         var = (centred * centred).sum(dims) / count
         invstd = (var + eps).rsqrt()
         scale = invstd if weight is None else invstd * weight
-        shift = -mean * scale if bias is None else bias - mean * scale
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.eps = eps
         ctx.mark_non_differentiable(mean, var)
-        return torch.addcmul(_channel(shift), x, _channel(scale)), mean, var
+        # Scale the centred values (not x * scale - mean * scale, which cancels for near-constant channels).
+        y = centred.mul_(_channel(scale)) if bias is None else torch.addcmul(_channel(bias), centred, _channel(scale))
+        return y, mean, var
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
