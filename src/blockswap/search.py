@@ -247,8 +247,9 @@ def _init_worker(batch: tuple[Tensor, Tensor], device: str, seed: int, scorer: S
 
 
 def _score_in_worker(index: int, genotype: Genotype) -> tuple[int, Score]:
-    assert _worker is not None, "pool process was not initialised"
     w = _worker
+    if w is None:
+        raise RuntimeError("_score_in_worker runs only in a ScoringPool process")
     return index, score_genotype(genotype, index, w.seed, w.batch, w.scorer, w.palette)
 
 
@@ -370,19 +371,21 @@ def run_search(
     out = Path(out_dir)
     rank, world = (dist.get_rank(group), dist.get_world_size(group)) if group is not None else (0, 1)
     done = _shared_start(out, config, genotypes, group)
+    out.mkdir(parents=True, exist_ok=True)  # for ranks on machines that do not share rank 0's disk
     before = len(done)
     mine = [i for i in range(len(genotypes)) if i % world == rank]
     todo = [i for i in mine if i not in done]
-    batch: tuple[Tensor, Tensor] = (torch.empty(0), torch.empty(0))
+    scored: Iterator[tuple[int, Score]] = iter(())
     if todo:
         x, y = probe_data(config.data_dir).probe_batch(config.batch_size, config.seed)
         batch = (x.to(device), y.to(device))
+        scored = _score_all(todo, genotypes, config.seed, batch, scorer, palette, min(workers, len(todo)))
     stream = out / "candidates.csv" if group is None else _part_path(out, rank)
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="scoring candidates", unit="cand",
                disable=not progress, dynamic_ncols=True)
     new: list[Candidate] = []
     with stream.open("a", newline="") as f, bar:
-        for i, score in _score_all(todo, genotypes, config.seed, batch, scorer, palette, min(workers, len(todo))):
+        for i, score in scored:
             g = genotypes[i]
             cand = Candidate(i, g, g.params(palette), g.macs(palette), score.total, score.per_block)
             row = cand.to_row()
