@@ -90,7 +90,8 @@ def test_fast_leaves_the_model_as_the_reference_does(cifar_batch) -> None:
 def test_nhwc_batch_norm_is_as_precise_as_fp64() -> None:
     torch.manual_seed(0)
     x64 = torch.randn(64, 24, 12, 12, dtype=torch.float64) * 0.2 + 3.0  # mean >> std: where serial sums drift
-    w64, b64, g64 = torch.rand(24, dtype=torch.float64) + 0.5, torch.randn(24, dtype=torch.float64), torch.randn_like(x64)
+    w64, b64 = torch.rand(24, dtype=torch.float64) + 0.5, torch.randn(24, dtype=torch.float64)
+    g64 = torch.randn_like(x64)
     leaves64 = [t.clone().requires_grad_() for t in (x64, w64, b64)]
     y64 = F.batch_norm(leaves64[0], None, None, leaves64[1], leaves64[2], training=True)
     grads64 = torch.autograd.grad(y64, leaves64, g64)

@@ -85,12 +85,14 @@ class _NHWCBatchNorm(torch.autograd.Function):
     oneDNN's NHWC batch norm accumulates its statistics serially over N*H*W
     rows, which moves Fisher potentials by up to a few percent; `torch.sum`
     sums in cascade, as precisely as the NCHW kernel. Two passes (mean, then
-    squared deviations) keep the variance exact when the mean is large. The
+    squared deviations) keep the variance accurate when the mean is large. The
     backward is PyTorch's own, given these statistics.
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
         dims, count = (0, 2, 3), x.numel() // x.shape[1]
         mean = x.sum(dims) / count
         centred = x - _channel(mean)
