@@ -38,9 +38,9 @@ def test_fast_is_registered_and_the_search_default() -> None:
     assert bs.SearchConfig(budget=400_000).scorer == "fast"
 
 
-@pytest.mark.parametrize("model,budget", [("wrn-16-1", 50_000), ("wrn-16-2", 150_000)])
-def test_fast_matches_reference_on_wrn(cifar_batch, model: str, budget: int) -> None:
-    genotypes = bs.sample_genotypes(bs.Backbone.from_name(model), budget, 2, seed=1)
+@pytest.mark.parametrize("model,budget,n", [("wrn-16-1", 50_000, 2), ("wrn-16-2", 150_000, 1)])
+def test_fast_matches_reference_on_wrn(cifar_batch, model: str, budget: int, n: int) -> None:
+    genotypes = bs.sample_genotypes(bs.Backbone.from_name(model), budget, n, seed=1)
     for i, g in enumerate(genotypes):
         ref, fast = _both(g, i, cifar_batch, bs.FastFisherScorer())
         assert len(fast.per_block) == len(ref.per_block) == g.backbone.num_blocks
@@ -64,7 +64,7 @@ def test_fast_matches_reference_on_resnet(cifar_batch) -> None:
 
 
 def test_fast_ranks_candidates_like_reference(cifar_batch) -> None:
-    genotypes = bs.sample_genotypes(bs.Backbone.from_name("wrn-16-1"), 50_000, 12, seed=3)
+    genotypes = bs.sample_genotypes(bs.Backbone.from_name("wrn-16-1"), 50_000, 10, seed=3)
     pairs = [_both(g, i, cifar_batch, bs.FastFisherScorer()) for i, g in enumerate(genotypes)]
     rho = spearmanr([r.total for r, _ in pairs], [f.total for _, f in pairs]).statistic
     assert rho >= 0.98

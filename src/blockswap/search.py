@@ -195,8 +195,7 @@ def _prepare_out_dir(out: Path, config: SearchConfig, genotypes: list[Genotype])
             if not 0 <= c.index < len(genotypes) or c.genotype != genotypes[c.index]:
                 raise BlockSwapError(f"{path}: row {c.index} does not match this search's candidates")
             done[c.index] = c
-    if csv_path.exists() or parts:
-        _write_candidates(csv_path, [done[i] for i in sorted(done)])
+    _write_candidates(csv_path, [done[i] for i in sorted(done)])  # header first, so a cut search resumes
     for path in parts:
         path.unlink()
     return done
