@@ -13,7 +13,7 @@ from .evaluate import EvalReport, evaluate_checkpoint
 from .genotype import Genotype, GenotypeError, load_genotype
 from .networks import Backbone, BlockNetwork, Taps, build_network
 from .pruning import Pruner, nonzero_params
-from .scoring import SCORERS, FisherScorer, Score, Scorer, make_scorer
+from .scoring import SCORERS, FastFisherScorer, FisherScorer, Score, Scorer, make_scorer
 from .search import Candidate, SearchConfig, SearchResult, run_search
 from .training import TrainConfig, TrainingError, train
 
@@ -45,6 +45,7 @@ __all__ = [
     "build_network",
     "SCORERS",
     "FisherScorer",
+    "FastFisherScorer",
     "Score",
     "Scorer",
     "make_scorer",

@@ -9,10 +9,12 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from .blocks import DEFAULT_PALETTE as palette
 from .budget import format_count, parse_budget
@@ -63,17 +65,48 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=128, help="probe minibatch size (default 128)")
     p.add_argument("--tolerance", type=float, default=0.025, help="budget window, fraction (default 0.025)")
     p.add_argument("--seed", type=int, default=0, help="fixes candidates, weights and the probe batch (default 0)")
-    p.add_argument("--scorer", choices=sorted(SCORERS), default="reference", help="scoring implementation")
+    p.add_argument("--scorer", choices=sorted(SCORERS), default="fast",
+                   help="fast (default) or reference: the plain fp32 scorer the fast one is checked against")
+    p.add_argument("--workers", type=_positive_int, default=None,
+                   help="scoring processes per rank (default: one single-threaded process per core on CPU, 1 on CUDA)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--out", required=True, type=Path, help="output folder; rerun with the same one to resume")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_search)
 
 
+def _default_workers(device: torch.device) -> int:
+    """One single-threaded scoring process per core torch would use here; one on CUDA."""
+    return 1 if device.type == "cuda" else max(1, torch.get_num_threads())
+
+
+@contextmanager
+def _torchrun_group(device: torch.device) -> Iterator[tuple[dist.ProcessGroup | None, torch.device]]:
+    """Under torchrun (WORLD_SIZE > 1), the default process group (gloo on CPU, nccl on CUDA) and this rank's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield None, device
+        return
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield dist.group.WORLD, device
+    finally:
+        dist.destroy_process_group()
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     config = SearchConfig(budget=args.budget, model=args.model, samples=args.samples, batch_size=args.batch_size,
                           tolerance=args.tolerance, seed=args.seed, data_dir=args.data_dir, scorer=args.scorer)
-    result = run_search(config, args.out, device=_device(args.device), progress=not args.quiet)
+    with _torchrun_group(_device(args.device)) as (group, device):
+        lead = group is None or dist.get_rank(group) == 0
+        workers = args.workers or _default_workers(device)
+        result = run_search(config, args.out, device=device, progress=lead and not args.quiet, workers=workers,
+                            group=group)
+    if not lead:
+        return 0
     best = result.best
     print(f"scored {result.scored_now} new of {len(result.candidates)} candidates in {result.seconds:.1f} s "
           f"({config.model}, budget {format_count(config.budget)})")
