@@ -144,7 +144,8 @@ def test_missing_data_without_network_says_what_to_do(tmp_path: Path) -> None:
 def test_corrupt_batch_is_reported(tmp_path: Path) -> None:
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
-    (folder / "test_batch").write_bytes(b"not a pickle")
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(b"not a pickle")
     with pytest.raises(DataError, match="cannot read CIFAR-10 batch"):
         load_cifar10(tmp_path, train=False, download=False)
 

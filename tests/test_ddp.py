@@ -16,8 +16,9 @@ from torch.nn.parallel import DistributedDataParallel
 from blockswap import Backbone, Genotype
 from blockswap.checkpoint import read_checkpoint
 from blockswap.distill import DistillConfig
+from blockswap.distributed import setup_distributed
 from blockswap.evaluate import evaluate_checkpoint
-from blockswap.training import TapsModule, TrainConfig, forward_loss, setup_distributed, train
+from blockswap.training import TapsModule, TrainConfig, forward_loss, train
 
 WORLD = 2
 GLOBAL_BATCH = 8

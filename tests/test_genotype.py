@@ -59,7 +59,8 @@ def test_multi_row_csv_picks_row(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "content,message",
     [
-        ({"family": "wrn", "depth": 40, "width": 2, "blocks": ["Conv"] * 17}, "has 18 blocks but the genotype lists 17"),
+        ({"family": "wrn", "depth": 40, "width": 2, "blocks": ["Conv"] * 17},
+         "has 18 blocks but the genotype lists 17"),
         ({"family": "wrn", "depth": 40, "width": 2, "blocks": ["Conv"] * 17 + ["Conv9"]},
          "unknown block type 'Conv9' at position 17; valid choices: Conv, DConvA2"),
         ({"family": "wrn", "depth": 40, "blocks": "Conv"}, "must be a list"),

@@ -9,20 +9,24 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from .blocks import DEFAULT_PALETTE as palette
-from .budget import format_count, parse_budget
+from .budget import format_count, parse_budget, sample_genotypes
+from .checkpoint import read_checkpoint
+from .distributed import setup_distributed
 from .errors import BlockSwapError
+from .evaluate import evaluate_checkpoint
 from .genotype import Genotype, load_genotype
 from .networks import Backbone
+from .precision import PRECISIONS
+from .pruning import PRUNE_METHODS
 from .scoring import SCORERS
 from .search import SearchConfig, run_search
+from .training import SCHEDULES, TrainConfig, train
 
 __all__ = ["main", "build_parser"]
 
@@ -80,32 +84,17 @@ def _default_workers(device: torch.device) -> int:
     return 1 if device.type == "cuda" else max(1, torch.get_num_threads())
 
 
-@contextmanager
-def _torchrun_group(device: torch.device) -> Iterator[tuple[dist.ProcessGroup | None, torch.device]]:
-    """Under torchrun (WORLD_SIZE > 1), the default process group (gloo on CPU, nccl on CUDA) and this rank's device."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        yield None, device
-        return
-    if device.type == "cuda":
-        if device.index is None:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        yield dist.group.WORLD, device
-    finally:
-        dist.destroy_process_group()
-
-
 def _cmd_search(args: argparse.Namespace) -> int:
     config = SearchConfig(budget=args.budget, model=args.model, samples=args.samples, batch_size=args.batch_size,
                           tolerance=args.tolerance, seed=args.seed, data_dir=args.data_dir, scorer=args.scorer)
-    with _torchrun_group(_device(args.device)) as (group, device):
-        lead = group is None or dist.get_rank(group) == 0
-        workers = args.workers or _default_workers(device)
-        result = run_search(config, args.out, device=device, progress=lead and not args.quiet, workers=workers,
-                            group=group)
-    if not lead:
+    place = setup_distributed(_device(args.device))
+    try:
+        workers = args.workers or _default_workers(place.device)
+        result = run_search(config, args.out, device=place.device, progress=place.is_main and not args.quiet,
+                            workers=workers, group=place.group)
+    finally:
+        place.close()
+    if not place.is_main:
         return 0
     best = result.best
     print(f"scored {result.scored_now} new of {len(result.candidates)} candidates in {result.seconds:.1f} s "
@@ -163,9 +152,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     """Options shared by `train teacher` and `train student`: data, recipe, run control."""
-    from .precision import PRECISIONS
-    from .training import SCHEDULES
-
     p.add_argument("--data-dir", required=True,
                    help="folder holding cifar-10-batches-py (downloaded there, MD5-checked, if missing)")
     p.add_argument("--out", required=True, type=Path, help="output folder of this run")
@@ -190,8 +176,6 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from .pruning import PRUNE_METHODS
-
     p = sub.add_parser("train", help="train a teacher, or a student with attention transfer",
                        description="Train on CIFAR-10 with the paper's recipe; writes config.json, metrics.jsonl, "
                        "checkpoint.pt, best.pt, last.pt and final.json to --out. Works under torchrun.")
@@ -231,8 +215,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _teacher_genotype(args: argparse.Namespace) -> Genotype | None:
     """The teacher's genotype from --teacher-model, else as recorded in the --teacher file."""
-    from .checkpoint import read_checkpoint
-
     if args.teacher_model:
         return _resolve_genotype(args.teacher_model, None, 0)
     if args.teacher is None:
@@ -245,8 +227,6 @@ def _teacher_genotype(args: argparse.Namespace) -> Genotype | None:
 
 def _student_genotype(args: argparse.Namespace, teacher: Genotype | None) -> Genotype:
     """The network `train student` trains, from whichever of its options was given."""
-    from .budget import sample_genotypes
-
     if args.budget is not None and not (args.random or args.prune):
         raise BlockSwapError("--budget applies to --random and --prune only")
     if (args.random or args.prune) and args.budget is None:
@@ -274,8 +254,6 @@ def _student_genotype(args: argparse.Namespace, teacher: Genotype | None) -> Gen
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .training import TrainConfig, train
-
     options = {"data_dir": args.data_dir, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                "momentum": args.momentum, "weight_decay": args.weight_decay, "schedule": args.schedule,
                "train_subset": args.train_subset, "test_subset": args.test_subset, "seed": args.seed,
@@ -306,8 +284,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    from .precision import PRECISIONS
-
     p = sub.add_parser("eval", help="test error, params, MACs and latency of a trained network, as JSON",
                        description="Evaluate a weight file written by `blockswap train` (best.pt, last.pt or "
                        "checkpoint.pt) on the CIFAR-10 test set and time it on the current device.")
@@ -321,8 +297,6 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_checkpoint
-
     report = evaluate_checkpoint(args.checkpoint, args.data_dir, _device(args.device), args.precision,
                                  test_subset=args.test_subset, repeats=args.repeats)
     print(json.dumps(report.to_dict(), indent=2))

@@ -39,6 +39,7 @@ __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "load_cifar10",
+    "ensure_cifar10",
     "download_cifar10",
     "load_embedded_sample",
     "normalize",
@@ -114,16 +115,22 @@ def load_cifar10(root: str | Path, train: bool = True, download: bool = True) ->
     When the folder is missing and `download` is set, fetches the official
     archive (or the mirror named by $BLOCKSWAP_CIFAR10_URL) and checks its MD5 first.
     """
-    folder = _folder(root)
+    folder = ensure_cifar10(root, download)
     names = _TRAIN_FILES if train else _TEST_FILES
-    if not all((folder / n).is_file() for n in names):
-        if not download:
-            raise DataError(_missing_message(folder))
-        download_cifar10(folder.parent, url=os.environ.get(URL_ENV) or CIFAR10_URL, md5=CIFAR10_MD5)
     parts = [_read_batch(folder / n) for n in names]
     images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
     labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
     return ImageSet(images, labels)
+
+
+def ensure_cifar10(root: str | Path, download: bool = True) -> Path:
+    """The batches folder under `root`, first fetched (official archive or $BLOCKSWAP_CIFAR10_URL) if incomplete."""
+    folder = _folder(root)
+    if not all((folder / n).is_file() for n in _TRAIN_FILES + _TEST_FILES):
+        if not download:
+            raise DataError(_missing_message(folder))
+        download_cifar10(folder.parent, url=os.environ.get(URL_ENV) or CIFAR10_URL, md5=CIFAR10_MD5)
+    return folder
 
 
 def _missing_message(folder: Path) -> str:
@@ -151,7 +158,8 @@ def download_cifar10(root: str | Path, url: str = CIFAR10_URL, md5: str = CIFAR1
             with urllib.request.urlopen(url, timeout=60) as response, archive.open("wb") as f:
                 shutil.copyfileobj(response, f)
         except (urllib.error.URLError, OSError) as e:
-            raise DataError(f"could not download CIFAR-10 from {url} ({e}); {_missing_message(_folder(root))}") from None
+            reason = f"could not download CIFAR-10 from {url} ({e})"
+            raise DataError(f"{reason}; {_missing_message(_folder(root))}") from None
         actual = _md5(archive)
         if actual != md5:
             raise DataError(f"downloaded CIFAR-10 archive has MD5 {actual}, expected {md5}; not extracting it")

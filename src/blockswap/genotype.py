@@ -64,8 +64,9 @@ class Genotype:
     def params(self, palette: Palette = DEFAULT_PALETTE) -> int:
         """Closed-form trainable parameter count of the whole network."""
         post = self.backbone.post_activation
+        shapes = self.backbone.block_shapes()
         return self.backbone.fixed_params() + sum(
-            palette[n].params(s.c_in, s.c_out, s.stride, post) for n, s in zip(self.blocks, self.backbone.block_shapes())
+            palette[n].params(s.c_in, s.c_out, s.stride, post) for n, s in zip(self.blocks, shapes)
         )
 
     def macs(self, palette: Palette = DEFAULT_PALETTE) -> int:
@@ -153,7 +154,8 @@ def load_genotype(
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GenotypeError(f"{path}: not valid JSON ({e}); expected a genotype JSON or a published-format CSV") from None
+        expected = "expected a genotype JSON or a published-format CSV"
+        raise GenotypeError(f"{path}: not valid JSON ({e}); {expected}") from None
     genotype = Genotype.from_dict(data, palette)
     if backbone is not None and backbone != genotype.backbone:
         raise GenotypeError(f"{path}: genotype is for {genotype.backbone.name}, expected {backbone.name}")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import pickle
 import signal
 import time
@@ -39,7 +38,8 @@ from tqdm.auto import tqdm
 
 from .blocks import DEFAULT_PALETTE, Palette
 from .budget import sample_genotypes
-from .data import ImageSet, load_cifar10, load_embedded_sample
+from .checkpoint import write_text_atomic
+from .data import ImageSet, ensure_cifar10, load_cifar10, load_embedded_sample
 from .errors import BlockSwapError
 from .genotype import Genotype
 from .networks import Backbone
@@ -157,12 +157,6 @@ def read_candidates(path: str | Path, backbone: Backbone) -> list[Candidate]:
     return out
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _part_path(out: Path, rank: int) -> Path:
     return out / f"candidates.rank{rank}.csv"
 
@@ -185,7 +179,7 @@ def _prepare_out_dir(out: Path, config: SearchConfig, genotypes: list[Genotype])
     else:
         if csv_path.exists():
             raise BlockSwapError(f"{csv_path} exists but {config_path} does not; use a fresh --out directory")
-        _write_atomic(config_path, json.dumps(wanted, indent=2) + "\n")
+        write_text_atomic(config_path, json.dumps(wanted, indent=2) + "\n")
     parts = sorted(out.glob("candidates.rank*.csv"))
     done: dict[int, Candidate] = {}
     for path in [csv_path, *parts]:
@@ -206,7 +200,7 @@ def _write_candidates(path: Path, rows: Iterable[Candidate]) -> None:
     for c in rows:
         r = c.to_row()
         buf.append(",".join(r[k] for k in CSV_FIELDS))
-    _write_atomic(path, "\n".join(buf) + "\n")
+    write_text_atomic(path, "\n".join(buf) + "\n")
 
 
 def score_genotype(
@@ -333,6 +327,8 @@ def _shared_start(out: Path, config: SearchConfig, genotypes: list[Genotype],
     message: list[object] = [None]
     if dist.get_rank(group) == 0:
         try:
+            if config.data_dir is not None:  # download a missing data set once, before the other ranks read it
+                ensure_cifar10(config.data_dir)
             message = [_prepare_out_dir(out, config, genotypes)]
         except BlockSwapError as e:
             message = [str(e)]
@@ -408,5 +404,5 @@ def run_search(
         best = ranked[0]
         summary = {**best.genotype.to_dict(), "index": best.index, "params": best.params, "macs": best.macs,
                    "fisher": best.fisher, "budget": config.budget, "samples": config.samples, "seed": config.seed}
-        _write_atomic(out / "best.json", json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(out / "best.json", json.dumps(summary, indent=2) + "\n")
     return SearchResult(ranked, out, time.perf_counter() - start, len(done) - before)
