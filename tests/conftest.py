@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,18 @@ def no_network_download(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytes
     """Tests never reach the internet: a missing data set 'downloads' from a file that does not exist."""
     missing = tmp_path_factory.getbasetemp() / "no-such-mirror" / "cifar-10-python.tar.gz"
     monkeypatch.setenv("BLOCKSWAP_CIFAR10_URL", missing.as_uri())
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread, as each search worker and torchrun rank has: rows are then bit-identical,
+    and a loaded 2-core machine punishes two threads."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -12,14 +12,7 @@ import blockswap as bs
 from blockswap.scoring import _NHWCBatchNorm
 from blockswap.search import build_candidate, probe_data
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: small networks gain nothing from more, and a loaded 2-core machine punishes two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

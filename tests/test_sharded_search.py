@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import blockswap as bs
 from blockswap.cli import build_parser
@@ -20,13 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = {"budget": 50_000, "model": "wrn-16-1", "samples": 6, "seed": 0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as each pool worker and torchrun rank has here: rows are then bit-identical."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -288,7 +288,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                        description="Evaluate a weight file written by `blockswap train` (best.pt, last.pt or "
                        "checkpoint.pt) on the CIFAR-10 test set and time it on the current device.")
     p.add_argument("--checkpoint", required=True, help="weight file")
-    p.add_argument("--data-dir", required=True, help="folder holding cifar-10-batches-py")
+    p.add_argument("--data-dir", required=True,
+                   help="folder holding cifar-10-batches-py (downloaded there, MD5-checked, if missing)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="(default auto)")
     p.add_argument("--test-subset", type=_positive_int, default=None, help="first N test images only")
