@@ -19,7 +19,7 @@ from .errors import BlockSwapError
 from .genotype import Genotype
 from .networks import BlockNetwork
 
-__all__ = ["CheckpointError", "save_atomic", "write_text_atomic", "read_checkpoint", "load_network"]
+__all__ = ["CheckpointError", "save_atomic", "write_text_atomic", "config_changes", "read_checkpoint", "load_network"]
 
 
 class CheckpointError(BlockSwapError):
@@ -40,6 +40,11 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def config_changes(saved: dict[str, Any], wanted: dict[str, Any]) -> str:
+    """"key: old -> new, ..." for the settings an output folder's saved config does not share; "" if none."""
+    return ", ".join(f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in wanted.items() if saved.get(k) != v)
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

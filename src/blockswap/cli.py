@@ -245,8 +245,6 @@ def _student_genotype(args: argparse.Namespace, teacher: Genotype | None) -> Gen
         raise BlockSwapError("name the student: --genotype FILE, --model NAME, or a teacher to derive it from")
     backbone = Backbone.from_name(args.model) if args.model else teacher.backbone
     if args.all:
-        if args.all not in palette:
-            raise BlockSwapError(f"unknown block type {args.all!r}; valid choices: {', '.join(palette.names)}")
         return Genotype.uniform(backbone, args.all).validate()
     if args.random:
         return sample_genotypes(backbone, args.budget, 1, seed=args.seed)[0]

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from .blocks import DEFAULT_PALETTE, Palette
 from .budget import sample_genotypes
-from .checkpoint import write_text_atomic
+from .checkpoint import config_changes, write_text_atomic
 from .data import ImageSet, ensure_cifar10, load_cifar10, load_embedded_sample
 from .errors import BlockSwapError
 from .genotype import Genotype
@@ -90,15 +90,11 @@ class Candidate:
     fisher: float
     fisher_per_block: tuple[float, ...] = field(default=())
 
-    def to_row(self) -> dict[str, str]:
-        return {
-            "index": str(self.index),
-            "genotype": " ".join(self.genotype.blocks),
-            "params": str(self.params),
-            "macs": str(self.macs),
-            "fisher": repr(self.fisher),
-            "fisher_per_block": " ".join(repr(v) for v in self.fisher_per_block),
-        }
+    def csv_line(self) -> str:
+        """This candidate as one candidates.csv line (CSV_FIELDS order, no newline); floats round-trip exactly."""
+        per_block = " ".join(repr(v) for v in self.fisher_per_block)
+        genotype = " ".join(self.genotype.blocks)
+        return f"{self.index},{genotype},{self.params},{self.macs},{self.fisher!r},{per_block}"
 
 
 @dataclass
@@ -171,10 +167,8 @@ def _prepare_out_dir(out: Path, config: SearchConfig, genotypes: list[Genotype])
     config_path, csv_path = out / "search.json", out / "candidates.csv"
     wanted = asdict(config)
     if config_path.exists():
-        saved = json.loads(config_path.read_text())
-        diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
-        if diff:
-            changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        changes = config_changes(json.loads(config_path.read_text()), wanted)
+        if changes:
             raise BlockSwapError(f"{out} holds a different search ({changes}); use a fresh --out directory")
     else:
         if csv_path.exists():
@@ -196,11 +190,8 @@ def _prepare_out_dir(out: Path, config: SearchConfig, genotypes: list[Genotype])
 
 
 def _write_candidates(path: Path, rows: Iterable[Candidate]) -> None:
-    buf = [",".join(CSV_FIELDS)]
-    for c in rows:
-        r = c.to_row()
-        buf.append(",".join(r[k] for k in CSV_FIELDS))
-    write_text_atomic(path, "\n".join(buf) + "\n")
+    lines = [",".join(CSV_FIELDS), *(c.csv_line() for c in rows)]
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def score_genotype(
@@ -383,8 +374,7 @@ def run_search(
         for i, score in scored:
             g = genotypes[i]
             cand = Candidate(i, g, g.params(palette), g.macs(palette), score.total, score.per_block)
-            row = cand.to_row()
-            f.write(",".join(row[k] for k in CSV_FIELDS) + "\n")
+            f.write(cand.csv_line() + "\n")
             f.flush()
             new.append(cand)
             bar.update(1)

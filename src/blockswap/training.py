@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .checkpoint import load_network, read_checkpoint, save_atomic, write_text_atomic
+from .checkpoint import config_changes, load_network, read_checkpoint, save_atomic, write_text_atomic
 from .data import ImageSet, augment, load_cifar10
 from .distill import DistillConfig, LossParts, student_loss
 from .distributed import Distributed, setup_distributed
@@ -208,9 +208,8 @@ def _prepare_out_dir(out: Path, config: TrainConfig, resume: bool, dist: Distrib
         if not resume:
             raise TrainingError(f"{out} already holds a run: pass --resume to continue it, or use a fresh --out")
         saved = json.loads(config_path.read_text()) if config_path.exists() else {}
-        diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
-        if diff:
-            changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        changes = config_changes(saved, wanted)
+        if changes:
             raise TrainingError(f"{out} holds a different run ({changes}); resume it with its own settings")
     checkpoint = read_checkpoint(ckpt_path) if ckpt_path.exists() else None
     dist.barrier()
