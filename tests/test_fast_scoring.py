@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,8 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 import blockswap as bs
-from blockswap.scoring import _NHWCBatchNorm
+from blockswap.networks import bn_relu_pairs
+from blockswap.scoring import FusedBatchNorm, fused_batch_norms
 from blockswap.search import build_candidate, probe_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -80,21 +83,52 @@ def test_fast_leaves_the_model_as_the_reference_does(cifar_batch) -> None:
         torch.testing.assert_close(fast_model.state_dict()[name], a, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_nhwc_batch_norm_is_as_precise_as_fp64() -> None:
+@pytest.mark.parametrize("model,budget", [("wrn-16-1", 50_000), ("resnet18", 4_000_000)])
+def test_fused_batch_norms_swaps_every_bn_and_restores_the_model(model: str, budget: int) -> None:
+    net = bs.sample_genotypes(bs.Backbone.from_name(model), budget, 1, seed=5)[0].build()
+    before = [(name, id(m)) for name, m in net.named_modules()]
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    n_pairs = len(list(bn_relu_pairs(net)))
+    with fused_batch_norms(net):
+        fused = [m for m in net.modules() if isinstance(m, FusedBatchNorm)]
+        assert len(fused) == n_bn
+        assert sum(m.relu for m in fused) == n_pairs
+        assert sum(type(m) is torch.nn.Identity for m in net.modules()) == n_pairs
+    assert [(name, id(m)) for name, m in net.named_modules()] == before
+
+
+def test_bn_relu_pairs_follow_execution_order() -> None:
+    wrn = bs.Genotype.uniform(bs.Backbone.from_name("wrn-16-1"), "Conv").build()
+    # head + one per pre-activation block + the BN -> ReLU inside each Conv body
+    assert len(list(bn_relu_pairs(wrn))) == 1 + 2 * 6
+    resnet = bs.Genotype.uniform(bs.Backbone.from_name("resnet18"), "Conv").build()
+    pairs = {(type(o).__name__, a, b) for o, a, b in bn_relu_pairs(resnet)}
+    # stem and bn1 -> relu1 of each body; bn2 feeds the residual add, not a ReLU
+    assert pairs == {("ResNet", "bn1", "relu"), ("PostActBlock", "bn1", "relu1")}
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_fused_batch_norm_module_equals_batch_norm(relu: bool, momentum: float | None) -> None:
     torch.manual_seed(0)
-    x64 = torch.randn(64, 24, 12, 12, dtype=torch.float64) * 0.2 + 3.0  # mean >> std: where serial sums drift
-    w64, b64 = torch.rand(24, dtype=torch.float64) + 0.5, torch.randn(24, dtype=torch.float64)
-    g64 = torch.randn_like(x64)
-    leaves64 = [t.clone().requires_grad_() for t in (x64, w64, b64)]
-    y64 = F.batch_norm(leaves64[0], None, None, leaves64[1], leaves64[2], training=True)
-    grads64 = torch.autograd.grad(y64, leaves64, g64)
-    x = x64.float().contiguous(memory_format=torch.channels_last).requires_grad_()
-    w, b = w64.float().requires_grad_(), b64.float().requires_grad_()
-    y, mean, var = _NHWCBatchNorm.apply(x, w, b, 1e-5)
-    grads = torch.autograd.grad(y, (x, w, b), g64.float().contiguous(memory_format=torch.channels_last))
-    assert y.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(y.double(), y64, rtol=0, atol=2e-5)
-    torch.testing.assert_close(mean.double(), x64.mean((0, 2, 3)), rtol=1e-6, atol=0)
-    torch.testing.assert_close(var.double(), x64.var((0, 2, 3), unbiased=False), rtol=1e-5, atol=0)
-    for got, want in zip(grads, grads64):
-        torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-5 * want.abs().max().item())
+    bn = torch.nn.BatchNorm2d(16, momentum=momentum)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_()
+    twin = copy.deepcopy(bn)
+    fused = FusedBatchNorm(twin, relu=relu)
+    x = (torch.randn(8, 16, 6, 6) * 2 + 1).contiguous(memory_format=torch.channels_last)
+    for _ in range(2):
+        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        want = F.relu(bn(x1)) if relu else bn(x1)
+        got = fused(x2)
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        g = torch.randn_like(want)
+        torch.testing.assert_close(torch.autograd.grad(got, x2, g)[0], torch.autograd.grad(want, x1, g)[0],
+                                   rtol=1e-4, atol=1e-5)
+    for name, value in bn.state_dict().items():
+        torch.testing.assert_close(twin.state_dict()[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    twin.eval()
+    bn.eval()
+    torch.testing.assert_close(fused(x), F.relu(bn(x)) if relu else bn(x))  # eval mode: bn itself

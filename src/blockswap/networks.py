@@ -14,7 +14,7 @@ probes), so no forward hooks are needed.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +32,7 @@ __all__ = [
     "ResNet",
     "PreActBlock",
     "PostActBlock",
+    "bn_relu_pairs",
     "build_network",
     "MODEL_CHOICES",
 ]
@@ -194,6 +195,8 @@ class Taps:
 class PreActBlock(nn.Module):
     """WRN block: h = ReLU(BN(x)); out = shortcut + body(h), shortcut = x or Conv1x1(h)."""
 
+    _bn_relu = ("bn", "relu")  # self.relu is applied to self.bn's output and nothing else
+
     def __init__(self, body: nn.Module, shape: BlockShape) -> None:
         super().__init__()
         self.bn = nn.BatchNorm2d(shape.c_in)
@@ -303,6 +306,8 @@ def _bodies(backbone: Backbone, block_names: Sequence[str], palette: Palette) ->
 class WideResNet(BlockNetwork):
     """WRN-d-k for 32x32 inputs, pre-activation blocks."""
 
+    _bn_relu = ("bn", "relu")  # the head
+
     def __init__(self, backbone: Backbone, block_names: Sequence[str], palette: Palette = DEFAULT_PALETTE) -> None:
         super().__init__()
         self.backbone, self.block_names = backbone, tuple(block_names)
@@ -331,6 +336,8 @@ class WideResNet(BlockNetwork):
 class ResNet(BlockNetwork):
     """ResNet-18/34 in torchvision's layout (conv1, bn1, layer1..4, fc), post-activation blocks."""
 
+    _bn_relu = ("bn1", "relu")  # the stem
+
     def __init__(self, backbone: Backbone, block_names: Sequence[str], palette: Palette = DEFAULT_PALETTE) -> None:
         super().__init__()
         self.backbone, self.block_names = backbone, tuple(block_names)
@@ -353,6 +360,25 @@ class ResNet(BlockNetwork):
 
     def forward_head(self, x: Tensor) -> Tensor:
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def bn_relu_pairs(model: nn.Module) -> Iterator[tuple[nn.Module, str, str]]:
+    """(owner, BN name, ReLU name) for each `BatchNorm2d` whose output goes only into the ReLU after it.
+
+    Read from execution order, which `nn.Sequential` children, a post-activation
+    block's body names and each class's `_bn_relu` attribute give; a fused
+    scorer can then run each pair as one kernel.
+    """
+    for owner in model.modules():
+        if isinstance(owner, nn.Sequential):
+            order: Sequence[str] = list(owner._modules)
+        elif isinstance(owner, PostActBlock):
+            order = owner._body_names
+        else:
+            order = getattr(owner, "_bn_relu", ())
+        for first, second in zip(order, order[1:]):
+            if isinstance(owner._modules.get(first), nn.BatchNorm2d) and isinstance(owner._modules.get(second), nn.ReLU):
+                yield owner, first, second
 
 
 def build_network(backbone: Backbone, block_names: Sequence[str], palette: Palette = DEFAULT_PALETTE) -> BlockNetwork:

@@ -10,19 +10,31 @@ is what a search uses by default.
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-from torch.overrides import TorchFunctionMode
+from torch import Tensor, nn
 
+from . import cpu_kernels
 from .errors import BlockSwapError
-from .networks import BlockNetwork
+from .networks import BlockNetwork, bn_relu_pairs
 
-__all__ = ["Score", "Scorer", "FisherScorer", "FastFisherScorer", "fisher_from_probes", "SCORERS", "make_scorer"]
+__all__ = [
+    "Score",
+    "Scorer",
+    "FisherScorer",
+    "FastFisherScorer",
+    "FusedBatchNorm",
+    "fused_batch_norms",
+    "fisher_from_probes",
+    "SCORERS",
+    "make_scorer",
+]
 
 
 @dataclass(frozen=True)
@@ -75,72 +87,103 @@ class FisherScorer:
         return Score(float(sum(per_block)), tuple(per_block))
 
 
-def _channel(v: Tensor) -> Tensor:
-    return v.view(1, -1, 1, 1)
-
-
-class _NHWCBatchNorm(torch.autograd.Function):
-    """Training-mode batch norm of an NHWC tensor with statistics summed by `torch.sum`.
-
-    oneDNN's NHWC batch norm accumulates its statistics serially over N*H*W
-    rows, which moves Fisher potentials by up to a few percent; `torch.sum`
-    sums in cascade, as precisely as the NCHW kernel. Two passes (mean, then
-    squared deviations) keep the variance accurate when the mean is large. The
-    backward is PyTorch's own, given these statistics.
-    """
+class _FusedBatchNormFn(torch.autograd.Function):
+    """Training-mode BN (optionally followed by ReLU) of an NHWC float32 CPU tensor, by `cpu_kernels`."""
 
     @staticmethod
     def forward(
-        ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+        ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, relu: bool
     ) -> tuple[Tensor, Tensor, Tensor]:
-        dims, count = (0, 2, 3), x.numel() // x.shape[1]
-        mean = x.sum(dims) / count
-        centred = x - _channel(mean)
-        var = (centred * centred).sum(dims) / count
-        invstd = (var + eps).rsqrt()
-        scale = invstd if weight is None else invstd * weight
-        ctx.save_for_backward(x, weight, mean, invstd)
-        ctx.eps = eps
-        ctx.mark_non_differentiable(mean, var)
-        # Scale the centred values (not x * scale - mean * scale, which cancels for near-constant channels).
-        y = centred.mul_(_channel(scale)) if bias is None else torch.addcmul(_channel(bias), centred, _channel(scale))
-        return y, mean, var
+        n, c, h, w = x.shape
+        out = torch.empty(n, h, w, c).permute(0, 3, 1, 2)  # NHWC strides, whatever the shape
+        weight64 = np.ones(c) if weight is None else weight.detach().double().numpy()
+        bias64 = np.zeros(c) if bias is None else bias.detach().double().numpy()
+        mean, var = cpu_kernels.batch_norm_forward(cpu_kernels.as_rows(x), weight64, bias64, eps, relu,
+                                                   cpu_kernels.as_rows(out))
+        ctx.save_for_backward(x)
+        ctx.stats = (mean, var, weight64, bias64, eps, relu)
+        mean_t, var_t = torch.from_numpy(mean).float(), torch.from_numpy(var).float()
+        ctx.mark_non_differentiable(mean_t, var_t)
+        return out, mean_t, var_t
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
-        x, weight, mean, invstd = ctx.saved_tensors
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
-        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
-            grad, x, weight, None, None, mean, invstd, True, ctx.eps, mask
-        )
-        return gx, gw, gb, None
+        (x,) = ctx.saved_tensors
+        mean, var, weight64, bias64, eps, relu = ctx.stats
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        n, c, h, w = x.shape
+        gx = torch.empty(n, h, w, c).permute(0, 3, 1, 2)
+        gw, gb = cpu_kernels.batch_norm_backward(cpu_kernels.as_rows(grad), cpu_kernels.as_rows(x), mean, var,
+                                                 weight64, bias64, eps, relu, cpu_kernels.as_rows(gx))
+        wanted = ctx.needs_input_grad
+        return (gx if wanted[0] else None, torch.from_numpy(gw).float() if wanted[1] else None,
+                torch.from_numpy(gb).float() if wanted[2] else None, None, None)
 
 
-_BATCH_NORM_ARGS = inspect.signature(F.batch_norm)
+class FusedBatchNorm(nn.Module):
+    """`bn` (then ReLU if `relu`) with `cpu_kernels` on NHWC float32 CPU batches in training mode.
 
+    Shares `bn`'s parameters and running statistics and updates the latter as
+    `nn.BatchNorm2d` does; any other input (eval mode, CUDA, NCHW, other
+    dtypes) goes through `bn` itself.
+    """
 
-class _PreciseNHWCBatchNorm(TorchFunctionMode):
-    """Routes training-mode `F.batch_norm` on NHWC CPU tensors to `_NHWCBatchNorm` (running stats updated alike)."""
+    def __init__(self, bn: nn.BatchNorm2d, relu: bool) -> None:
+        super().__init__()
+        self.bn, self.relu = bn, relu
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        if func is not F.batch_norm:
-            return func(*args, **kwargs)
-        bound = _BATCH_NORM_ARGS.bind(*args, **kwargs)
-        bound.apply_defaults()
-        a = bound.arguments
-        x = a["input"]
-        if not (a["training"] and x.dim() == 4 and x.device.type == "cpu"
-                and x.is_contiguous(memory_format=torch.channels_last)):
-            return func(*args, **kwargs)
-        y, mean, var = _NHWCBatchNorm.apply(x, a["weight"], a["bias"], a["eps"])
-        count = x.numel() // x.shape[1]
-        with torch.no_grad():
-            if a["running_mean"] is not None:
-                a["running_mean"].lerp_(mean, a["momentum"])
-            if a["running_var"] is not None:
-                a["running_var"].lerp_(var * (count / max(count - 1, 1)), a["momentum"])
+    def forward(self, x: Tensor) -> Tensor:
+        bn = self.bn
+        if not (bn.training and x.dim() == 4 and x.dtype == torch.float32 and x.device.type == "cpu"
+                and x.is_contiguous(memory_format=torch.channels_last) and x.numel() > x.shape[1]):
+            y = bn(x)
+            return F.relu(y) if self.relu else y
+        y, mean, var = _FusedBatchNormFn.apply(x, bn.weight, bn.bias, bn.eps, self.relu)
+        if bn.track_running_stats and bn.running_mean is not None and bn.running_var is not None:
+            factor = bn.momentum
+            if bn.num_batches_tracked is not None:
+                bn.num_batches_tracked.add_(1)
+                if factor is None:
+                    factor = 1.0 / float(bn.num_batches_tracked)
+            count = x.numel() // x.shape[1]
+            with torch.no_grad():
+                bn.running_mean.lerp_(mean, factor)
+                bn.running_var.lerp_(var * (count / (count - 1)), factor)
         return y
+
+
+@contextmanager
+def fused_batch_norms(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, every `BatchNorm2d` of `model` runs as a `FusedBatchNorm`; restored on exit.
+
+    A BN whose output goes only into a ReLU (`networks.bn_relu_pairs`) absorbs
+    that ReLU, which becomes an identity for the duration.
+    """
+    swaps: list[tuple[nn.Module, str, nn.Module, nn.Module]] = []
+    fused: set[int] = set()
+    for owner, bn_name, relu_name in bn_relu_pairs(model):
+        bn = owner._modules[bn_name]
+        swaps += [(owner, bn_name, bn, FusedBatchNorm(bn, relu=True)),
+                  (owner, relu_name, owner._modules[relu_name], nn.Identity())]
+        fused.add(id(bn))
+    for owner in list(model.modules()):
+        for name, child in owner._modules.items():
+            if type(child) is nn.BatchNorm2d and id(child) not in fused:
+                swaps.append((owner, name, child, FusedBatchNorm(child, relu=False)))
+    for owner, name, _, new in swaps:
+        setattr(owner, name, new)
+    try:
+        yield model
+    finally:
+        for owner, name, old, _ in reversed(swaps):
+            setattr(owner, name, old)
+
+
+def _probe_potential(activations: Tensor, gradients: Tensor) -> float:
+    if (activations.device.type == "cpu" and activations.dtype == gradients.dtype == torch.float32
+            and activations.dim() == 4 and activations.is_contiguous(memory_format=torch.channels_last)):
+        return cpu_kernels.fisher_potential(activations, gradients)
+    return fisher_from_probes(activations, gradients).item()
 
 
 class FastFisherScorer:
@@ -151,11 +194,12 @@ class FastFisherScorer:
     - The backward pass stops at the first probe: autograd runs no node that
       leads only to the stem or into the first block's body.
     - With `channels_last` (default), activations are NHWC, where oneDNN's
-      convolutions run several times faster on CPU; batch-norm statistics are
-      then summed by `_NHWCBatchNorm`, so values stay within fp32 noise of the
-      reference (about 1e-3 relative per block on WRN-40-2, the reference's
-      own distance from fp64). `channels_last=False` gives the reference's
-      values exactly.
+      convolutions run several times faster on CPU, and on CPU every batch
+      norm (with the ReLU after it) and the Fisher sums run as fused kernels
+      (`cpu_kernels`, statistics in float64), so values stay within fp32 noise
+      of the reference (about 1e-3 relative per block on WRN-40-2, the
+      reference's own distance from fp64). `channels_last=False` gives the
+      reference's values exactly.
     """
 
     name = "fast"
@@ -171,15 +215,16 @@ class FastFisherScorer:
         try:
             for p in trainable:
                 p.requires_grad_(False)
+            fuse = self.channels_last and x.dim() == 4 and x.device.type == "cpu"
             if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with _PreciseNHWCBatchNorm():
+            with fused_batch_norms(model) if fuse else nullcontext():
                 # An input that requires grad roots the graph now that no parameter does.
                 taps = model.forward_taps(x.detach().requires_grad_())
                 loss = F.cross_entropy(taps.logits, y)
-            grads = torch.autograd.grad(loss, taps.probes)
+                grads = torch.autograd.grad(loss, taps.probes)
             with torch.no_grad():
-                per_block = torch.stack([fisher_from_probes(a, g) for a, g in zip(taps.probes, grads)]).tolist()
+                per_block = [_probe_potential(a, g) for a, g in zip(taps.probes, grads)]
         finally:
             for p in trainable:
                 p.requires_grad_(True)
