@@ -14,6 +14,7 @@ probes), so no forward hooks are needed.
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -376,7 +377,7 @@ def bn_relu_pairs(model: nn.Module) -> Iterator[tuple[nn.Module, str, str]]:
             order = owner._body_names
         else:
             order = getattr(owner, "_bn_relu", ())
-        for first, second in zip(order, order[1:]):
+        for first, second in pairwise(order):
             if isinstance(owner._modules.get(first), nn.BatchNorm2d) and isinstance(owner._modules.get(second), nn.ReLU):
                 yield owner, first, second
 
