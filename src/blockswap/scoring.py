@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
-from . import cpu_kernels
 from .errors import BlockSwapError
 from .networks import BlockNetwork, bn_relu_pairs
 
@@ -87,6 +87,13 @@ class FisherScorer:
         return Score(float(sum(per_block)), tuple(per_block))
 
 
+def _cpu_kernels() -> Any:
+    """`blockswap.cpu_kernels`, imported on first use: Numba takes about 0.4 s to import."""
+    from . import cpu_kernels
+
+    return cpu_kernels
+
+
 class _FusedBatchNormFn(torch.autograd.Function):
     """Training-mode BN (optionally followed by ReLU) of an NHWC float32 CPU tensor, by `cpu_kernels`."""
 
@@ -94,6 +101,7 @@ class _FusedBatchNormFn(torch.autograd.Function):
     def forward(
         ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, relu: bool
     ) -> tuple[Tensor, Tensor, Tensor]:
+        cpu_kernels = _cpu_kernels()
         n, c, h, w = x.shape
         out = torch.empty(n, h, w, c).permute(0, 3, 1, 2)  # NHWC strides, whatever the shape
         weight64 = np.ones(c) if weight is None else weight.detach().double().numpy()
@@ -107,7 +115,9 @@ class _FusedBatchNormFn(torch.autograd.Function):
         return out, mean_t, var_t
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
+        cpu_kernels = _cpu_kernels()
         (x,) = ctx.saved_tensors
         mean, var, weight64, bias64, eps, relu = ctx.stats
         grad = grad.contiguous(memory_format=torch.channels_last)
@@ -163,6 +173,8 @@ def fused_batch_norms(model: nn.Module) -> Iterator[nn.Module]:
     fused: set[int] = set()
     for owner, bn_name, relu_name in bn_relu_pairs(model):
         bn = owner._modules[bn_name]
+        if type(bn) is not nn.BatchNorm2d or type(owner._modules[relu_name]) is not nn.ReLU:
+            continue  # a subclass may do more than the kernels know
         swaps += [(owner, bn_name, bn, FusedBatchNorm(bn, relu=True)),
                   (owner, relu_name, owner._modules[relu_name], nn.Identity())]
         fused.add(id(bn))
@@ -182,7 +194,7 @@ def fused_batch_norms(model: nn.Module) -> Iterator[nn.Module]:
 def _probe_potential(activations: Tensor, gradients: Tensor) -> float:
     if (activations.device.type == "cpu" and activations.dtype == gradients.dtype == torch.float32
             and activations.dim() == 4 and activations.is_contiguous(memory_format=torch.channels_last)):
-        return cpu_kernels.fisher_potential(activations, gradients)
+        return _cpu_kernels().fisher_potential(activations, gradients)
     return fisher_from_probes(activations, gradients).item()
 
 
