@@ -69,3 +69,36 @@ def test_as_rows_is_a_view_and_rejects_other_layouts() -> None:
         cpu_kernels.as_rows(torch.zeros(2, 3, 4, 5))
     with pytest.raises(ValueError, match="float32"):
         cpu_kernels.as_rows(torch.zeros(2, 3, 4, 5, dtype=torch.float64).contiguous(memory_format=CL))
+
+
+def test_threaded_kernels_equal_single_threaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(2)
+    x = torch.randn(16, 32, 16, 16).contiguous(memory_format=CL)
+    g = torch.randn_like(x)
+    w, b = np.full(32, 1.5), np.full(32, 0.1)
+
+    def run() -> tuple[torch.Tensor, ...]:
+        out, gx = torch.empty_like(x), torch.empty_like(x)
+        mean, var = cpu_kernels.batch_norm_forward(_rows(x), w, b, 1e-5, True, _rows(out))
+        gw, gb = cpu_kernels.batch_norm_backward(_rows(g), _rows(x), mean, var, w, b, 1e-5, True, _rows(gx))
+        fisher = cpu_kernels.fisher_potential(out, g)
+        return out, gx, *map(torch.from_numpy, (mean, var, gw, gb)), torch.tensor(fisher)
+
+    monkeypatch.setattr(cpu_kernels, "_MIN_CHUNK", 1024)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(3)  # three uneven chunks of the 2048 folded rows
+        assert len(cpu_kernels._chunks(_rows(x))) == 3
+        three = run()
+    finally:
+        torch.set_num_threads(threads)
+    for a, b_ in zip(one, three):
+        torch.testing.assert_close(a, b_, rtol=1e-12, atol=1e-7)
+
+
+def test_out_must_be_a_contiguous_float32_array() -> None:
+    x = np.zeros((8, 4), np.float32)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        cpu_kernels.batch_norm_forward(x, np.ones(4), np.zeros(4), 1e-5, True, np.zeros((4, 8), np.float32).T)

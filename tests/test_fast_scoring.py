@@ -45,9 +45,11 @@ def test_fast_matches_reference_on_wrn(cifar_batch, model: str, budget: int, n: 
         assert fast.total == pytest.approx(sum(fast.per_block), rel=1e-12)
 
 
-def test_fast_without_channels_last_equals_reference_exactly(cifar_batch) -> None:
-    g = bs.sample_genotypes(bs.Backbone.from_name("wrn-16-1"), 50_000, 1, seed=2)[0]
-    ref, fast = _both(g, 0, cifar_batch, bs.FastFisherScorer(channels_last=False))
+@pytest.mark.parametrize("model,budget,size", [("wrn-16-1", 50_000, 128), ("resnet18", 4_000_000, 16)])
+def test_fast_without_channels_last_equals_reference_exactly(cifar_batch, model: str, budget: int, size: int) -> None:
+    g = bs.sample_genotypes(bs.Backbone.from_name(model), budget, 1, seed=2)[0]
+    batch = (cifar_batch[0][:size], cifar_batch[1][:size])  # ResNet-18 on 32x32: 1x1 probes, NCHW and NHWC alike
+    ref, fast = _both(g, 0, batch, bs.FastFisherScorer(channels_last=False))
     assert fast == ref
 
 

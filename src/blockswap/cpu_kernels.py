@@ -10,11 +10,17 @@ variance), so they are more precise than PyTorch's fp32 cascade sums.
 
 Every kernel works on an (M, C) row-major float32 view of an NHWC tensor
 (M = N*H*W). Rows are folded into wider rows (M/r, r*C) when C is small, so the
-inner loop is long enough for the compiler to vectorise it. Kernels are
-single-threaded: a search runs one single-threaded worker per core.
+inner loop is long enough for the compiler to vectorise it. A search runs one
+single-threaded worker per core; a process with more torch threads splits the
+rows into that many chunks and runs the kernels (which release the GIL) on a
+thread pool.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +30,40 @@ from torch import Tensor
 __all__ = ["as_rows", "batch_norm_forward", "batch_norm_backward", "fisher_potential"]
 
 _MIN_ROW = 64  # widen rows to at least this many floats (four AVX-512 vectors)
+_MIN_CHUNK = 1 << 16  # floats per thread below which splitting costs more than it saves
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+
+
+def _jit(fn: Callable) -> Callable:
+    """Numba-compile `fn` without the GIL, cached on disk where Numba finds a writable place for it."""
+    try:
+        return njit(cache=True, nogil=True)(fn)
+    except RuntimeError:  # no writable cache location (read-only install, no home): compile per process
+        return njit(nogil=True)(fn)
+
+
+def _parallel(fn: Callable, jobs: Sequence[tuple]) -> list[Any]:
+    """fn(*job) for every job, on a pool of torch.get_num_threads() threads when there is more than one job."""
+    global _pool, _pool_size
+    if len(jobs) == 1:
+        return [fn(*jobs[0])]
+    if _pool is None or _pool_size < len(jobs):
+        _pool, _pool_size = ThreadPoolExecutor(len(jobs), thread_name_prefix="blockswap-kernels"), len(jobs)
+    return list(_pool.map(lambda job: fn(*job), jobs))
+
+
+def _chunks(rows: np.ndarray) -> list[slice]:
+    """Contiguous row ranges of `rows`, one per torch thread, none smaller than _MIN_CHUNK floats."""
+    m = rows.shape[0]
+    n = max(1, min(torch.get_num_threads(), rows.size // _MIN_CHUNK))
+    bounds = [m * i // n for i in range(n + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def _check_out(out: np.ndarray, x: np.ndarray) -> None:
+    if out.shape != x.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {x.shape}")
 
 
 def as_rows(x: Tensor) -> np.ndarray:
@@ -45,7 +85,7 @@ def _fold(rows: np.ndarray) -> tuple[np.ndarray, int]:
     return rows.reshape(m // r, r * c), r
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _shifted_sums(x: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     m, k = x.shape
     s1 = np.zeros(k)
@@ -58,7 +98,7 @@ def _shifted_sums(x: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndar
     return s1, s2
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _normalise(
     x: np.ndarray, mean: np.ndarray, scale: np.ndarray, bias: np.ndarray, relu: bool, out: np.ndarray
 ) -> None:
@@ -69,7 +109,7 @@ def _normalise(
             out[i, j] = max(v, np.float32(0.0)) if relu else v
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _backward_sums(
     grad: np.ndarray, x: np.ndarray, mean: np.ndarray, invstd: np.ndarray, scale: np.ndarray,
     bias: np.ndarray, relu: bool,
@@ -89,7 +129,7 @@ def _backward_sums(
     return sg, sgx
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _backward_output(
     grad: np.ndarray, x: np.ndarray, mean: np.ndarray, invstd: np.ndarray, scale: np.ndarray,
     bias: np.ndarray, relu: bool, mean_g: np.ndarray, mean_gx: np.ndarray, out: np.ndarray,
@@ -109,17 +149,22 @@ def batch_norm_forward(
     x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float, relu: bool, out: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Write training-mode BN(x) (then ReLU if `relu`) of (M, C) rows to `out`; return float64 (mean, biased var)."""
+    _check_out(out, x)
     m, c = x.shape
     folded, r = _fold(x)
-    shift = np.tile(x[0].astype(np.float64), r)
-    s1, s2 = _shifted_sums(folded, shift)
-    s1 = s1.reshape(r, c).sum(0) / m
-    s2 = s2.reshape(r, c).sum(0) / m
-    mean = x[0].astype(np.float64) + s1
+    out = out.reshape(folded.shape)
+    parts = _chunks(folded)
+    shift = x[0].astype(np.float64)
+    shifts = np.tile(shift, r)
+    sums = _parallel(_shifted_sums, [(folded[p], shifts) for p in parts])
+    s1 = sum(s for s, _ in sums).reshape(r, c).sum(0) / m
+    s2 = sum(s for _, s in sums).reshape(r, c).sum(0) / m
+    mean = shift + s1
     var = np.maximum(s2 - s1 * s1, 0.0)
     invstd = 1.0 / np.sqrt(var + eps)
-    _normalise(folded, np.tile(mean.astype(np.float32), r), np.tile((invstd * weight).astype(np.float32), r),
-               np.tile(bias.astype(np.float32), r), relu, out.reshape(folded.shape))
+    params = (np.tile(mean.astype(np.float32), r), np.tile((invstd * weight).astype(np.float32), r),
+              np.tile(bias.astype(np.float32), r), relu)
+    _parallel(_normalise, [(folded[p], *params, out[p]) for p in parts])
     return mean, var
 
 
@@ -128,21 +173,24 @@ def batch_norm_backward(
     eps: float, relu: bool, out: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Write dLoss/dx of `batch_norm_forward` to `out` given dLoss/d(output); return float64 (dweight, dbias)."""
+    _check_out(out, x)
     m, c = x.shape
     folded, r = _fold(x)
-    grad = grad.reshape(folded.shape)
+    grad, out = grad.reshape(folded.shape), out.reshape(folded.shape)
+    parts = _chunks(folded)
     invstd = 1.0 / np.sqrt(var + eps)
-    args = (np.tile(mean.astype(np.float32), r), np.tile(invstd.astype(np.float32), r),
-            np.tile((invstd * weight).astype(np.float32), r), np.tile(bias.astype(np.float32), r), relu)
-    sg, sgx = _backward_sums(grad, folded, *args)
-    sg, sgx = sg.reshape(r, c).sum(0), sgx.reshape(r, c).sum(0)
-    _backward_output(grad, folded, *args, np.tile((sg / m).astype(np.float32), r),
-                     np.tile((sgx / m).astype(np.float32), r), out.reshape(folded.shape))
+    params = (np.tile(mean.astype(np.float32), r), np.tile(invstd.astype(np.float32), r),
+              np.tile((invstd * weight).astype(np.float32), r), np.tile(bias.astype(np.float32), r), relu)
+    sums = _parallel(_backward_sums, [(grad[p], folded[p], *params) for p in parts])
+    sg = sum(s for s, _ in sums).reshape(r, c).sum(0)
+    sgx = sum(s for _, s in sums).reshape(r, c).sum(0)
+    means = (np.tile((sg / m).astype(np.float32), r), np.tile((sgx / m).astype(np.float32), r))
+    _parallel(_backward_output, [(grad[p], folded[p], *params, *means, out[p]) for p in parts])
     return sgx, sg
 
 
-@njit(cache=True, nogil=True)
-def _fisher(a: np.ndarray, g: np.ndarray) -> float:
+@_jit
+def _fisher_sum(a: np.ndarray, g: np.ndarray) -> float:
     n, p, c = a.shape
     total = 0.0
     acc = np.zeros(c)
@@ -153,7 +201,7 @@ def _fisher(a: np.ndarray, g: np.ndarray) -> float:
                 acc[j] += np.float64(a[s, i, j]) * np.float64(g[s, i, j])
         for j in range(c):
             total += acc[j] * acc[j]
-    return 0.5 * total / n
+    return total
 
 
 def fisher_potential(activations: Tensor, gradients: Tensor) -> float:
@@ -161,4 +209,5 @@ def fisher_potential(activations: Tensor, gradients: Tensor) -> float:
     n, c, h, w = activations.shape
     a = as_rows(activations).reshape(n, h * w, c)
     g = as_rows(gradients.contiguous(memory_format=torch.channels_last)).reshape(n, h * w, c)
-    return float(_fisher(a, g))
+    samples = _chunks(a.reshape(n, -1))
+    return 0.5 * sum(_parallel(_fisher_sum, [(a[s], g[s]) for s in samples])) / n

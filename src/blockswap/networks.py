@@ -378,7 +378,8 @@ def bn_relu_pairs(model: nn.Module) -> Iterator[tuple[nn.Module, str, str]]:
         else:
             order = getattr(owner, "_bn_relu", ())
         for first, second in pairwise(order):
-            if isinstance(owner._modules.get(first), nn.BatchNorm2d) and isinstance(owner._modules.get(second), nn.ReLU):
+            bn, relu = owner._modules.get(first), owner._modules.get(second)
+            if isinstance(bn, nn.BatchNorm2d) and isinstance(relu, nn.ReLU):
                 yield owner, first, second
 
 
