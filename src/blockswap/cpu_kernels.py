@@ -1,7 +1,7 @@
 """Fused CPU kernels for scoring: training-mode batch norm (+ ReLU) and the Fisher sums, compiled by Numba.
 
 Eager PyTorch runs training-mode BN -> ReLU on an NHWC CPU tensor as about ten
-memory-bound passes (sum, centre, square, sum, scale, clamp) forward and five
+memory-bound passes (sum, centre, square, sum, scale, clamp) forward and about eight
 backward; these kernels take three forward (statistics, then normalise+ReLU)
 and five backward (two reductions, one output pass), which roughly halves the
 time a candidate spends outside its convolutions. Statistics and the backward's
@@ -30,7 +30,7 @@ from torch import Tensor
 __all__ = ["as_rows", "batch_norm_forward", "batch_norm_backward", "fisher_potential"]
 
 _MIN_ROW = 64  # widen rows to at least this many floats (four AVX-512 vectors)
-_MIN_CHUNK = 1 << 16  # floats per thread below which splitting costs more than it saves
+_MIN_CHUNK = 1 << 16  # the smallest share of floats worth handing to another thread
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 
@@ -110,6 +110,12 @@ def _normalise(
 
 
 @_jit
+def _relu_grad(grad: np.float32, centred: np.float32, scale: np.float32, bias: np.float32, relu: bool) -> np.float32:
+    """`grad` where the forward's ReLU passed its input (same expression as `_normalise`), else 0."""
+    return np.float32(0.0) if relu and centred * scale + bias <= np.float32(0.0) else grad
+
+
+@_jit
 def _backward_sums(
     grad: np.ndarray, x: np.ndarray, mean: np.ndarray, invstd: np.ndarray, scale: np.ndarray,
     bias: np.ndarray, relu: bool,
@@ -117,13 +123,10 @@ def _backward_sums(
     m, k = x.shape
     sg = np.zeros(k)
     sgx = np.zeros(k)
-    zero = np.float32(0.0)
     for i in range(m):
         for j in range(k):
             centred = x[i, j] - mean[j]
-            g = grad[i, j]
-            if relu and centred * scale[j] + bias[j] <= zero:
-                g = zero
+            g = _relu_grad(grad[i, j], centred, scale[j], bias[j], relu)
             sg[j] += g
             sgx[j] += np.float64(g) * np.float64(centred * invstd[j])
     return sg, sgx
@@ -135,14 +138,11 @@ def _backward_output(
     bias: np.ndarray, relu: bool, mean_g: np.ndarray, mean_gx: np.ndarray, out: np.ndarray,
 ) -> None:
     m, k = x.shape
-    zero = np.float32(0.0)
     for i in range(m):
         for j in range(k):
             centred = x[i, j] - mean[j]
-            g = grad[i, j]
-            if relu and centred * scale[j] + bias[j] <= zero:
-                g = zero
-            out[i, j] = (scale[j]) * (g - mean_g[j] - centred * invstd[j] * mean_gx[j])
+            g = _relu_grad(grad[i, j], centred, scale[j], bias[j], relu)
+            out[i, j] = scale[j] * (g - mean_g[j] - centred * invstd[j] * mean_gx[j])
 
 
 def batch_norm_forward(
