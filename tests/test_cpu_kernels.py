@@ -102,3 +102,19 @@ def test_out_must_be_a_contiguous_float32_array() -> None:
     x = np.zeros((8, 4), np.float32)
     with pytest.raises(ValueError, match="C-contiguous float32"):
         cpu_kernels.batch_norm_forward(x, np.ones(4), np.zeros(4), 1e-5, True, np.zeros((4, 8), np.float32).T)
+
+
+def test_kernels_compile_without_a_cache_location(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = cpu_kernels.njit
+
+    def njit(**options):  # what Numba raises when no cache directory is writable
+        if options.get("cache"):
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'f.py'")
+        return real(**options)
+
+    monkeypatch.setattr(cpu_kernels, "njit", njit)
+
+    def twice(x: float) -> float:
+        return 2.0 * x
+
+    assert cpu_kernels._jit(twice)(1.5) == 3.0
