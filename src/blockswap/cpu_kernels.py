@@ -61,6 +61,11 @@ def _chunks(rows: np.ndarray) -> list[slice]:
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
+def _per_column(values: np.ndarray, r: int) -> np.ndarray:
+    """Per-channel `values` as float32, repeated for each of the r channel groups of a folded row."""
+    return np.tile(values.astype(np.float32), r)
+
+
 def _check_out(out: np.ndarray, x: np.ndarray) -> None:
     if out.shape != x.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous float32 array of shape {x.shape}")
@@ -162,8 +167,7 @@ def batch_norm_forward(
     mean = shift + s1
     var = np.maximum(s2 - s1 * s1, 0.0)
     invstd = 1.0 / np.sqrt(var + eps)
-    params = (np.tile(mean.astype(np.float32), r), np.tile((invstd * weight).astype(np.float32), r),
-              np.tile(bias.astype(np.float32), r), relu)
+    params = (_per_column(mean, r), _per_column(invstd * weight, r), _per_column(bias, r), relu)
     _parallel(_normalise, [(folded[p], *params, out[p]) for p in parts])
     return mean, var
 
@@ -179,12 +183,11 @@ def batch_norm_backward(
     grad, out = grad.reshape(folded.shape), out.reshape(folded.shape)
     parts = _chunks(folded)
     invstd = 1.0 / np.sqrt(var + eps)
-    params = (np.tile(mean.astype(np.float32), r), np.tile(invstd.astype(np.float32), r),
-              np.tile((invstd * weight).astype(np.float32), r), np.tile(bias.astype(np.float32), r), relu)
+    params = (_per_column(mean, r), _per_column(invstd, r), _per_column(invstd * weight, r), _per_column(bias, r), relu)
     sums = _parallel(_backward_sums, [(grad[p], folded[p], *params) for p in parts])
     sg = sum(s for s, _ in sums).reshape(r, c).sum(0)
     sgx = sum(s for _, s in sums).reshape(r, c).sum(0)
-    means = (np.tile((sg / m).astype(np.float32), r), np.tile((sgx / m).astype(np.float32), r))
+    means = (_per_column(sg / m, r), _per_column(sgx / m, r))
     _parallel(_backward_output, [(grad[p], folded[p], *params, *means, out[p]) for p in parts])
     return sgx, sg
 

@@ -14,9 +14,9 @@ probes), so no forward hooks are needed.
 from __future__ import annotations
 
 import re
-from itertools import pairwise
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 from torch import Tensor, nn

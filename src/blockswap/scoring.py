@@ -102,8 +102,8 @@ class _FusedBatchNormFn(torch.autograd.Function):
         ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, relu: bool
     ) -> tuple[Tensor, Tensor, Tensor]:
         cpu_kernels = _cpu_kernels()
-        n, c, h, w = x.shape
-        out = torch.empty(n, h, w, c, dtype=x.dtype).permute(0, 3, 1, 2)  # NHWC strides, whatever the shape
+        c = x.shape[1]
+        out = torch.empty_like(x, memory_format=torch.channels_last)
         weight64 = np.ones(c) if weight is None else weight.detach().double().numpy()
         bias64 = np.zeros(c) if bias is None else bias.detach().double().numpy()
         mean, var = cpu_kernels.batch_norm_forward(cpu_kernels.as_rows(x), weight64, bias64, eps, relu,
@@ -121,8 +121,7 @@ class _FusedBatchNormFn(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         mean, var, weight64, bias64, eps, relu = ctx.stats
         grad = grad.contiguous(memory_format=torch.channels_last)
-        n, c, h, w = x.shape
-        gx = torch.empty(n, h, w, c, dtype=x.dtype).permute(0, 3, 1, 2)
+        gx = torch.empty_like(x, memory_format=torch.channels_last)
         gw, gb = cpu_kernels.batch_norm_backward(cpu_kernels.as_rows(grad), cpu_kernels.as_rows(x), mean, var,
                                                  weight64, bias64, eps, relu, cpu_kernels.as_rows(gx))
         wanted = ctx.needs_input_grad
@@ -231,9 +230,10 @@ class FastFisherScorer:
         try:
             for p in trainable:
                 p.requires_grad_(False)
-            fuse = self.channels_last and x.dim() == 4 and x.device.type == "cpu"
-            if self.channels_last and x.dim() == 4:
+            nhwc = self.channels_last and x.dim() == 4
+            if nhwc:
                 x = x.contiguous(memory_format=torch.channels_last)
+            fuse = nhwc and x.device.type == "cpu"
             with fused_batch_norms(model) if fuse else nullcontext():
                 # An input that requires grad roots the graph now that no parameter does.
                 taps = model.forward_taps(x.detach().requires_grad_())
