@@ -1,0 +1,160 @@
+"""How fast scoring could be on this machine with PyTorch's own convolutions: the conv-only floor.
+
+    python3 benchmarks/scoring_floor.py --budget 400k --candidates 10 [--json]
+
+For the same N candidates as `search_speed.py` (same genotypes, initial weights
+and probe batch), runs `FastFisherScorer` once on one thread while recording
+every convolution it calls (input shape, weights, and whether the backward pass
+needed its input gradient), then times exactly those convolutions alone,
+forward and input gradient, each on a warm oneDNN primitive. Their sum is what a
+candidate costs one core if batch norm, ReLU, the residual adds, the Fisher sums
+and building the network were free. In the same run it times the fast scorer on
+one thread and the reference scorer as `search_speed.py` runs it, and prints:
+
+- `conv_s_per_candidate`: the floor, seconds of one core per candidate;
+- `fast_one_thread_s_per_candidate` and `conv_share` (floor / fast);
+- `search_1000_floor_s`: 1000 candidates x floor / cores, the shortest
+  1000-candidate search these convolutions allow with perfect scaling;
+- `speedup_ceiling`: reference seconds per candidate / (floor / cores), the
+  largest speedup over the reference they allow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import blockswap as bs
+from blockswap.budget import format_count
+from blockswap.search import build_candidate, probe_data
+
+from search_speed import default_data_dir
+
+
+@dataclass
+class ConvCall:
+    """One convolution the scorer ran: its module, its input's shape, and whether its input gradient was needed."""
+
+    conv: nn.Conv2d
+    shape: torch.Size
+    backward: bool = False
+
+
+def record_convs(model: nn.Module, batch: tuple[Tensor, Tensor]) -> list[ConvCall]:
+    """Score `model` with `FastFisherScorer`, returning the convolutions it ran in forward order."""
+    calls: dict[int, ConvCall] = {}
+    handles = []
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            def forward_hook(conv: nn.Module, inputs: tuple[Tensor, ...], _: Tensor) -> None:
+                calls[id(conv)] = ConvCall(conv, inputs[0].shape)  # type: ignore[arg-type]
+
+            def backward_hook(conv: nn.Module, _: tuple[Tensor, ...]) -> None:
+                calls[id(conv)].backward = True
+
+            handles += [module.register_forward_hook(forward_hook),
+                        module.register_full_backward_pre_hook(backward_hook)]
+    try:
+        bs.FastFisherScorer()(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list(calls.values())
+
+
+def _timed(fn: object) -> float:
+    """Seconds of the second of two calls of `fn` (the first creates oneDNN's primitive for the shape)."""
+    fn()  # type: ignore[operator]
+    t0 = time.perf_counter()
+    fn()  # type: ignore[operator]
+    return time.perf_counter() - t0
+
+
+def conv_seconds(calls: list[ConvCall]) -> tuple[float, float]:
+    """(forward, input-gradient) seconds of `calls`, each conv alone on channels_last inputs."""
+    forward = backward = 0.0
+    for call in calls:
+        conv = call.conv
+        x = torch.randn(call.shape).contiguous(memory_format=torch.channels_last)
+        weight = conv.weight.detach()
+        args = (conv.stride, conv.padding, conv.dilation, conv.groups)
+        forward += _timed(lambda: F.conv2d(x, weight, None, *args))
+        if call.backward:
+            grad = torch.randn_like(F.conv2d(x, weight, None, *args))
+            backward += _timed(lambda: torch.ops.aten.convolution_backward(
+                grad, x, weight, None, conv.stride, conv.padding, conv.dilation, False, [0, 0], conv.groups,
+                [True, False, False]))
+    return forward, backward
+
+
+def benchmark(budget: int, n: int, model: str, seed: int, data_dir: str | None) -> dict[str, object]:
+    """Conv-only floor, fast scorer on one thread and reference scorer for the same n candidates."""
+    cores = len(os.sched_getaffinity(0))
+    genotypes = bs.sample_genotypes(bs.Backbone.from_name(model), budget, n, seed=seed)
+    batch = probe_data(data_dir).probe_batch(128, seed)
+    fast, reference = bs.FastFisherScorer(), bs.FisherScorer()
+    totals = {"conv_forward": 0.0, "conv_input_grad": 0.0, "fast": 0.0, "reference": 0.0}
+    for i, genotype in enumerate(genotypes):
+        torch.set_num_threads(cores)  # the reference as search_speed.py runs it: default threads
+        totals["reference"] += _timed(lambda: reference(build_candidate(genotype, seed, i), batch))
+        torch.set_num_threads(1)
+        net = build_candidate(genotype, seed, i)
+        calls = record_convs(net, batch)
+        totals["fast"] += _timed(lambda: fast(net, batch))
+        forward, backward = conv_seconds(calls)
+        totals["conv_forward"] += forward
+        totals["conv_input_grad"] += backward
+    per = {k: v / n for k, v in totals.items()}
+    floor = per["conv_forward"] + per["conv_input_grad"]
+    return {
+        "conv_s_per_candidate": floor,
+        "conv_forward_s_per_candidate": per["conv_forward"],
+        "conv_input_grad_s_per_candidate": per["conv_input_grad"],
+        "fast_one_thread_s_per_candidate": per["fast"],
+        "conv_share": floor / per["fast"],
+        "reference_s_per_candidate": per["reference"],
+        "cores": cores,
+        "search_1000_floor_s": 1000 * floor / cores,
+        "speedup_ceiling": per["reference"] / (floor / cores),
+        "candidates": n,
+        "budget": budget,
+        "model": model,
+        "data": data_dir or "embedded 1,000-image sample",
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--budget", type=bs.parse_budget, default=bs.parse_budget("400k"), help="default 400k")
+    p.add_argument("--candidates", type=int, default=10, help="N candidates (default 10)")
+    p.add_argument("--model", default="wrn-40-2")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (default: built from ../shared into a cache)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args()
+    if args.candidates < 1:
+        p.error("--candidates must be at least 1")
+    result = benchmark(args.budget, args.candidates, args.model, args.seed, args.data_dir or default_data_dir())
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"{result['model']} at {format_count(args.budget)}, {args.candidates} candidates, data: {result['data']}")
+    print(f"convolutions alone     {result['conv_s_per_candidate']:.3f} s/candidate on one core "
+          f"(forward {result['conv_forward_s_per_candidate']:.3f}, input gradient "
+          f"{result['conv_input_grad_s_per_candidate']:.3f})")
+    print(f"fast scorer, 1 thread  {result['fast_one_thread_s_per_candidate']:.3f} s/candidate "
+          f"(convolutions are {100 * result['conv_share']:.0f}%)")
+    print(f"reference              {result['reference_s_per_candidate']:.3f} s/candidate")
+    print(f"floor on {result['cores']} cores       1000 candidates in {result['search_1000_floor_s']:.0f} s; "
+          f"at most {result['speedup_ceiling']:.2f}x over the reference")
+
+
+if __name__ == "__main__":
+    main()
