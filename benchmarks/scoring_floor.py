@@ -9,7 +9,8 @@ needed its input gradient), then times exactly those convolutions alone,
 forward and input gradient, each on a warm oneDNN primitive. Their sum is what a
 candidate costs one core if batch norm, ReLU, the residual adds, the Fisher sums
 and building the network were free. In the same run it times the fast scorer on
-one thread and the reference scorer as `search_speed.py` runs it, and prints:
+one thread and the reference scorer as `search_speed.py` runs it (both
+including building the candidate), and prints:
 
 - `conv_s_per_candidate`: the floor, seconds of one core per candidate;
 - `fast_one_thread_s_per_candidate` and `conv_share` (floor / fast);
@@ -25,17 +26,18 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
+from search_speed import default_data_dir
 from torch import Tensor, nn
 
 import blockswap as bs
 from blockswap.budget import format_count
-from blockswap.search import build_candidate, probe_data
-
-from search_speed import default_data_dir
+from blockswap.search import build_candidate, probe_data, score_genotype
 
 
 @dataclass
@@ -50,17 +52,17 @@ class ConvCall:
 def record_convs(model: nn.Module, batch: tuple[Tensor, Tensor]) -> list[ConvCall]:
     """Score `model` with `FastFisherScorer`, returning the convolutions it ran in forward order."""
     calls: dict[int, ConvCall] = {}
-    handles = []
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            def forward_hook(conv: nn.Module, inputs: tuple[Tensor, ...], _: Tensor) -> None:
-                calls[id(conv)] = ConvCall(conv, inputs[0].shape)  # type: ignore[arg-type]
 
-            def backward_hook(conv: nn.Module, _: tuple[Tensor, ...]) -> None:
-                calls[id(conv)].backward = True
+    def forward_hook(conv: nn.Module, inputs: tuple[Tensor, ...], _: Tensor) -> None:
+        assert isinstance(conv, nn.Conv2d)
+        calls[id(conv)] = ConvCall(conv, inputs[0].shape)
 
-            handles += [module.register_forward_hook(forward_hook),
-                        module.register_full_backward_pre_hook(backward_hook)]
+    def backward_hook(conv: nn.Module, _: tuple[Tensor, ...]) -> None:
+        calls[id(conv)].backward = True
+
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    handles = [h for m in convs for h in (m.register_forward_hook(forward_hook),
+                                          m.register_full_backward_pre_hook(backward_hook))]
     try:
         bs.FastFisherScorer()(model, batch)
     finally:
@@ -69,29 +71,32 @@ def record_convs(model: nn.Module, batch: tuple[Tensor, Tensor]) -> list[ConvCal
     return list(calls.values())
 
 
-def _timed(fn: object) -> float:
+def _timed(fn: Callable[[], object]) -> float:
     """Seconds of the second of two calls of `fn` (the first creates oneDNN's primitive for the shape)."""
-    fn()  # type: ignore[operator]
+    fn()
     t0 = time.perf_counter()
-    fn()  # type: ignore[operator]
+    fn()
     return time.perf_counter() - t0
+
+
+def _conv_seconds(conv: nn.Conv2d, shape: torch.Size, backward: bool) -> tuple[float, float]:
+    """(forward, input-gradient or 0) seconds of `conv` alone on a channels_last input of `shape`."""
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    weight = conv.weight.detach()
+    args = (conv.stride, conv.padding, conv.dilation, conv.groups)
+    forward = _timed(lambda: F.conv2d(x, weight, None, *args))
+    if not backward:
+        return forward, 0.0
+    grad = torch.randn_like(F.conv2d(x, weight, None, *args))
+    return forward, _timed(lambda: torch.ops.aten.convolution_backward(
+        grad, x, weight, None, conv.stride, conv.padding, conv.dilation, False, [0, 0], conv.groups,
+        [True, False, False]))
 
 
 def conv_seconds(calls: list[ConvCall]) -> tuple[float, float]:
     """(forward, input-gradient) seconds of `calls`, each conv alone on channels_last inputs."""
-    forward = backward = 0.0
-    for call in calls:
-        conv = call.conv
-        x = torch.randn(call.shape).contiguous(memory_format=torch.channels_last)
-        weight = conv.weight.detach()
-        args = (conv.stride, conv.padding, conv.dilation, conv.groups)
-        forward += _timed(lambda: F.conv2d(x, weight, None, *args))
-        if call.backward:
-            grad = torch.randn_like(F.conv2d(x, weight, None, *args))
-            backward += _timed(lambda: torch.ops.aten.convolution_backward(
-                grad, x, weight, None, conv.stride, conv.padding, conv.dilation, False, [0, 0], conv.groups,
-                [True, False, False]))
-    return forward, backward
+    times = [_conv_seconds(call.conv, call.shape, call.backward) for call in calls]
+    return sum(f for f, _ in times), sum(b for _, b in times)
 
 
 def benchmark(budget: int, n: int, model: str, seed: int, data_dir: str | None) -> dict[str, object]:
@@ -103,11 +108,10 @@ def benchmark(budget: int, n: int, model: str, seed: int, data_dir: str | None) 
     totals = {"conv_forward": 0.0, "conv_input_grad": 0.0, "fast": 0.0, "reference": 0.0}
     for i, genotype in enumerate(genotypes):
         torch.set_num_threads(cores)  # the reference as search_speed.py runs it: default threads
-        totals["reference"] += _timed(lambda: reference(build_candidate(genotype, seed, i), batch))
+        totals["reference"] += _timed(partial(score_genotype, genotype, i, seed, batch, reference))
         torch.set_num_threads(1)
-        net = build_candidate(genotype, seed, i)
-        calls = record_convs(net, batch)
-        totals["fast"] += _timed(lambda: fast(net, batch))
+        totals["fast"] += _timed(partial(score_genotype, genotype, i, seed, batch, fast))
+        calls = record_convs(build_candidate(genotype, seed, i), batch)
         forward, backward = conv_seconds(calls)
         totals["conv_forward"] += forward
         totals["conv_input_grad"] += backward
