@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import copy
-import weakref
-from contextlib import nullcontext
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
-from torch import nn
 
 import blockswap as bs
 from blockswap.networks import bn_relu_pairs
-from blockswap.scoring import FusedBatchNorm, fused_batch_norms, input_grad_convs
+from blockswap.scoring import FusedBatchNorm, fused_batch_norms
 from blockswap.search import build_candidate, probe_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -137,62 +134,3 @@ def test_fused_batch_norm_module_equals_batch_norm(relu: bool, momentum: float |
     twin.eval()
     bn.eval()
     torch.testing.assert_close(fused(x), F.relu(bn(x)) if relu else bn(x))  # eval mode: bn itself
-
-
-@pytest.mark.parametrize("stride,groups,bias,channels_last", [(1, 1, False, True), (2, 4, True, False), (1, 8, False, True)])
-def test_input_grad_convs_give_autograd_input_gradient_exactly(stride: int, groups: int, bias: bool,
-                                                              channels_last: bool) -> None:
-    torch.manual_seed(0)
-    conv = nn.Conv2d(8, 16, 3, stride=stride, padding=1, groups=groups, bias=bias).requires_grad_(False)
-    x = torch.randn(4, 8, 9, 9)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    g = torch.randn_like(conv(x))
-    x1 = x.clone().requires_grad_()
-    expected = torch.autograd.grad(conv(x1), x1, g)[0]
-    x2 = x.clone().requires_grad_()
-    with input_grad_convs(conv):
-        out = conv(x2)
-        assert type(out.grad_fn).__name__ != "ConvolutionBackward0"
-        got = torch.autograd.grad(out, x2, g)[0]
-    assert torch.equal(got, expected) and got.stride() == expected.stride()
-    assert torch.equal(out, conv(x))
-
-
-def test_input_grad_convs_do_not_keep_the_conv_input_alive() -> None:
-    conv = nn.Conv2d(4, 4, 3, padding=1, bias=False).requires_grad_(False)
-
-    def run(patched: bool) -> tuple[bool, torch.Tensor]:
-        x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0), requires_grad=True)
-        h = x * 2  # an activation that only the conv reads
-        alive = weakref.ref(h)
-        with input_grad_convs(conv) if patched else nullcontext():
-            out = conv(h)
-        del h
-        kept = alive() is not None
-        out.square().sum().backward()
-        assert x.grad is not None
-        return kept, x.grad
-
-    kept_plain, grad_plain = run(patched=False)
-    kept_patched, grad_patched = run(patched=True)
-    assert kept_plain and not kept_patched
-    assert torch.equal(grad_plain, grad_patched)
-
-
-def test_input_grad_convs_restore_forward_keep_hooks_and_leave_trainable_convs_alone() -> None:
-    frozen = nn.Conv2d(3, 4, 3, padding=1).requires_grad_(False)
-    trainable = nn.Conv2d(4, 4, 1)
-    same = nn.Conv2d(4, 4, 3, padding="same").requires_grad_(False)
-    model = nn.Sequential(frozen, trainable, same)
-    calls: list[str] = []
-    frozen.register_forward_hook(lambda *_: calls.append("hook"))
-    x = torch.randn(2, 3, 8, 8, requires_grad=True)
-    with input_grad_convs(model):
-        assert "forward" in vars(frozen) and "forward" in vars(trainable) and "forward" not in vars(same)
-        model(x).sum().backward()
-    assert calls == ["hook"]
-    assert trainable.weight.grad is not None and trainable.bias.grad is not None
-    assert all("forward" not in vars(m) for m in model)
-    expected = torch.autograd.grad(model(x).sum(), x)[0]
-    assert torch.equal(x.grad, expected)

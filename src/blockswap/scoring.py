@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -32,7 +31,6 @@ __all__ = [
     "FastFisherScorer",
     "FusedBatchNorm",
     "fused_batch_norms",
-    "input_grad_convs",
     "fisher_from_probes",
     "SCORERS",
     "make_scorer",
@@ -192,64 +190,6 @@ def fused_batch_norms(model: nn.Module) -> Iterator[nn.Module]:
             setattr(owner, name, old)
 
 
-class _InputGradConvFn(torch.autograd.Function):
-    """`F.conv2d` with frozen weight and bias whose backward gives the input gradient only.
-
-    Autograd's own convolution node keeps its input alive until the backward
-    pass, though the input gradient needs only the input's sizes and strides.
-    This node keeps the weight and those, so every activation a convolution
-    reads can be freed as soon as nothing else needs it.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, ...],
-                padding: tuple[int, ...], dilation: tuple[int, ...], groups: int) -> Tensor:
-        ctx.save_for_backward(weight)
-        ctx.input_layout = (x.shape, x.stride(), bias is None)
-        ctx.conv = (stride, padding, dilation, groups)
-        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        (weight,) = ctx.saved_tensors
-        shape, strides, no_bias = ctx.input_layout
-        stride, padding, dilation, groups = ctx.conv
-        # the same call autograd makes, with an unwritten stand-in: only the input's layout is read
-        stand_in = torch.empty_strided(shape, strides, dtype=grad.dtype, device=grad.device)
-        grad_input = torch.ops.aten.convolution_backward(
-            grad, stand_in, weight, None if no_bias else [weight.shape[0]], stride, padding, dilation, False,
-            [0] * len(stride), groups, [True, False, False])[0]
-        return grad_input, None, None, None, None, None, None
-
-
-def _input_grad_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
-    """`conv(x)` through `_InputGradConvFn` when only `x` can need a gradient, else as `nn.Conv2d` computes it."""
-    frozen = not conv.weight.requires_grad and (conv.bias is None or not conv.bias.requires_grad)
-    if not (frozen and torch.is_grad_enabled() and x.requires_grad):
-        return nn.Conv2d.forward(conv, x)
-    return _InputGradConvFn.apply(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-
-
-@contextmanager
-def input_grad_convs(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, every plain `nn.Conv2d` of `model` with frozen parameters keeps no input for backward.
-
-    The convolutions' forward is replaced on each instance (hooks still run;
-    `nn.Conv2d.forward` is restored on exit). Subclasses, string padding
-    ("same") and padding modes other than zeros are left alone.
-    """
-    convs = [m for m in model.modules() if type(m) is nn.Conv2d and m.padding_mode == "zeros"
-             and not isinstance(m.padding, str) and "forward" not in vars(m)]
-    for conv in convs:
-        conv.forward = partial(_input_grad_conv, conv)
-    try:
-        yield model
-    finally:
-        for conv in convs:
-            del conv.forward
-
-
 def _probe_potential(activations: Tensor, gradients: Tensor, fused: bool) -> float:
     if fused and activations.dtype == torch.float32 and activations.is_contiguous(memory_format=torch.channels_last):
         return _cpu_kernels().fisher_potential(activations, gradients)
@@ -263,10 +203,6 @@ class FastFisherScorer:
       parameters frozen), so no convolution or BN computes weight gradients.
     - The backward pass stops at the first probe: autograd runs no node that
       leads only to the stem or into the first block's body.
-    - Convolutions keep only their weights for the backward pass, not their
-      inputs (`input_grad_convs`): the same input-gradient kernel runs, and
-      each activation is freed once the layers reading it are done (about 12%
-      faster per candidate on one CPU thread).
     - With `channels_last` (default), activations are NHWC, where oneDNN's
       convolutions run several times faster on CPU, and on CPU every batch
       norm (with the ReLU after it) and the Fisher sums run as fused kernels
@@ -298,7 +234,7 @@ class FastFisherScorer:
             if nhwc:
                 x = x.contiguous(memory_format=torch.channels_last)
             fuse = nhwc and x.device.type == "cpu"
-            with input_grad_convs(model), fused_batch_norms(model) if fuse else nullcontext():
+            with fused_batch_norms(model) if fuse else nullcontext():
                 # An input that requires grad roots the graph now that no parameter does.
                 taps = model.forward_taps(x.detach().requires_grad_())
                 loss = F.cross_entropy(taps.logits, y)
