@@ -1,0 +1,65 @@
+"""The benchmark scripts run end to end on a small network and report consistent figures (never timing limits)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import blockswap as bs
+from blockswap.search import build_candidate, probe_data
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SMALL = ["--model", "wrn-16-1", "--budget", "50k", "--json"]
+
+
+def _run(script: str, *args: str) -> dict[str, object]:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _floor_module() -> ModuleType:
+    sys.path.insert(0, str(BENCHMARKS))  # scoring_floor imports search_speed beside it
+    try:
+        return importlib.import_module("scoring_floor")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_search_speed_reports_both_scorers_and_their_agreement(cifar_root: Path) -> None:
+    result = _run("search_speed.py", *SMALL, "--candidates", "3", "--workers", "2", "--data-dir", str(cifar_root))
+    assert {"reference_s_per_candidate", "fast_s_per_candidate", "speedup", "spearman"} <= result.keys()
+    assert result["speedup"] == pytest.approx(result["reference_s_per_candidate"] / result["fast_s_per_candidate"])
+    assert result["max_rel_diff"] < 1e-2  # the same candidates, weights and batch: the scores agree
+    assert result["candidates"] == 3 and result["workers"] == 2
+
+
+def test_scoring_floor_figures_follow_from_its_timings(cifar_root: Path) -> None:
+    result = _run("scoring_floor.py", *SMALL, "--candidates", "1", "--data-dir", str(cifar_root))
+    conv = result["conv_s_per_candidate"]
+    assert conv == pytest.approx(result["conv_forward_s_per_candidate"] + result["conv_input_grad_s_per_candidate"])
+    assert 0 < result["conv_input_grad_s_per_candidate"] < conv
+    assert result["search_1000_floor_s"] == pytest.approx(1000 * conv / result["cores"])
+    assert result["speedup_ceiling"] == pytest.approx(result["reference_s_per_candidate"] / (conv / result["cores"]))
+    assert result["conv_share"] == pytest.approx(conv / result["fast_one_thread_s_per_candidate"])
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_scoring_floor_records_every_conv_and_which_ones_the_backward_reaches() -> None:
+    floor = _floor_module()
+    genotype = bs.sample_genotypes(bs.Backbone.from_name("wrn-16-1"), 50_000, 1, seed=0)[0]
+    net = build_candidate(genotype, 0, 0)
+    calls = floor.record_convs(net, probe_data(None).probe_batch(16, 0))
+    names = {id(m): name for name, m in net.named_modules()}
+    recorded = [names[id(c.conv)] for c in calls]
+    assert recorded == [name for name, m in net.named_modules() if type(m).__name__ == "Conv2d"]
+    before_first_probe = {name for name in recorded if name == "conv1" or name.startswith("stages.0.0.")}
+    assert before_first_probe and {names[id(c.conv)] for c in calls if not c.backward} == before_first_probe
+    assert calls[-1].shape[0] == 16
