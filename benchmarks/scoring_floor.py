@@ -22,7 +22,6 @@ including building the candidate), and prints:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -32,7 +31,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from search_speed import default_data_dir
+from search_speed import candidates_parser, default_data_dir
 from torch import Tensor, nn
 
 import blockswap as bs
@@ -135,16 +134,7 @@ def benchmark(budget: int, n: int, model: str, seed: int, data_dir: str | None) 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--budget", type=bs.parse_budget, default=bs.parse_budget("400k"), help="default 400k")
-    p.add_argument("--candidates", type=int, default=10, help="N candidates (default 10)")
-    p.add_argument("--model", default="wrn-40-2")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (default: built from ../shared into a cache)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    args = p.parse_args()
-    if args.candidates < 1:
-        p.error("--candidates must be at least 1")
+    args = candidates_parser(__doc__.split("\n")[0], candidates=10).parse_args()
     result = benchmark(args.budget, args.candidates, args.model, args.seed, args.data_dir or default_data_dir())
     if args.json:
         print(json.dumps(result))
