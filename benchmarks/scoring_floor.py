@@ -9,12 +9,14 @@ needed its input gradient), then times exactly those convolutions alone,
 forward and input gradient, each on a warm oneDNN primitive. Their sum is what a
 candidate costs one core if batch norm, ReLU, the residual adds, the Fisher sums
 and building the network were free. In the same run it times the fast scorer on
-one thread and the reference scorer as `search_speed.py` runs it (both
-including building the candidate), and prints:
+one thread and the reference scorer as `search_speed.py` runs it (after an
+untimed warm-up candidate, once per candidate, building included, default
+threads), and prints:
 
 - `conv_s_per_candidate`: the floor, seconds of one core per candidate;
 - `fast_one_thread_s_per_candidate` and `conv_share` (floor / fast);
-- `search_1000_floor_s`: 1000 candidates x floor / cores, the shortest
+- `search_1000_floor_s`: 1000 candidates x floor / cores (torch's thread
+  count, which `blockswap search` starts one worker per), the shortest
   1000-candidate search these convolutions allow with perfect scaling;
 - `speedup_ceiling`: reference seconds per candidate / (floor / cores), the
   largest speedup over the reference they allow.
@@ -23,7 +25,6 @@ including building the candidate), and prints:
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,13 +49,21 @@ class ConvCall:
     backward: bool = False
 
 
+def _replayable(conv: nn.Module) -> nn.Conv2d:
+    """`conv` if the replay below times it exactly as it ran: an nn.Conv2d with numeric zero padding."""
+    if not isinstance(conv, nn.Conv2d) or isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+        raise ValueError(f"cannot replay {conv}: only nn.Conv2d with numeric zero padding is timed")
+    return conv
+
+
 def record_convs(model: nn.Module, batch: tuple[Tensor, Tensor]) -> list[ConvCall]:
     """Score `model` with `FastFisherScorer`, returning the convolutions it ran in forward order."""
     calls: dict[int, ConvCall] = {}
 
     def forward_hook(conv: nn.Module, inputs: tuple[Tensor, ...], _: Tensor) -> None:
-        assert isinstance(conv, nn.Conv2d)
-        calls[id(conv)] = ConvCall(conv, inputs[0].shape)
+        if id(conv) in calls:
+            raise ValueError(f"{conv} ran twice in one forward pass; the floor records one call per conv")
+        calls[id(conv)] = ConvCall(_replayable(conv), inputs[0].shape)
 
     def backward_hook(conv: nn.Module, _: tuple[Tensor, ...]) -> None:
         calls[id(conv)].backward = True
@@ -70,24 +79,28 @@ def record_convs(model: nn.Module, batch: tuple[Tensor, Tensor]) -> list[ConvCal
     return list(calls.values())
 
 
-def _timed(fn: Callable[[], object]) -> float:
-    """Seconds of the second of two calls of `fn` (the first creates oneDNN's primitive for the shape)."""
-    fn()
+def _seconds(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
 
 
+def _warm_seconds(fn: Callable[[], object]) -> float:
+    """Seconds of a second call of `fn`: the first creates oneDNN's primitive for the shape."""
+    fn()
+    return _seconds(fn)
+
+
 def _conv_seconds(conv: nn.Conv2d, shape: torch.Size, backward: bool) -> tuple[float, float]:
     """(forward, input-gradient or 0) seconds of `conv` alone on a channels_last input of `shape`."""
     x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
-    weight = conv.weight.detach()
+    weight, bias = conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
     args = (conv.stride, conv.padding, conv.dilation, conv.groups)
-    forward = _timed(lambda: F.conv2d(x, weight, None, *args))
+    forward = _warm_seconds(lambda: F.conv2d(x, weight, bias, *args))
     if not backward:
         return forward, 0.0
-    grad = torch.randn_like(F.conv2d(x, weight, None, *args))
-    return forward, _timed(lambda: torch.ops.aten.convolution_backward(
+    grad = torch.randn_like(F.conv2d(x, weight, bias, *args))
+    return forward, _warm_seconds(lambda: torch.ops.aten.convolution_backward(
         grad, x, weight, None, conv.stride, conv.padding, conv.dilation, False, [0, 0], conv.groups,
         [True, False, False]))
 
@@ -99,21 +112,30 @@ def conv_seconds(calls: list[ConvCall]) -> tuple[float, float]:
 
 
 def benchmark(budget: int, n: int, model: str, seed: int, data_dir: str | None) -> dict[str, object]:
-    """Conv-only floor, fast scorer on one thread and reference scorer for the same n candidates."""
-    cores = len(os.sched_getaffinity(0))
-    genotypes = bs.sample_genotypes(bs.Backbone.from_name(model), budget, n, seed=seed)
+    """Conv-only floor, fast scorer on one thread and reference scorer for the same n candidates.
+
+    Like `search_speed.py`, one extra candidate warms both scorers up untimed, then
+    each scorer is timed once per candidate, building included; the reference runs
+    with this process's torch threads (one per core by default), the fast scorer on one.
+    """
+    cores = torch.get_num_threads()  # what `blockswap search` starts one worker per
+    genotypes = bs.sample_genotypes(bs.Backbone.from_name(model), budget, n + 1, seed=seed)
     batch = probe_data(data_dir).probe_batch(128, seed)
     fast, reference = bs.FastFisherScorer(), bs.FisherScorer()
     totals = {"conv_forward": 0.0, "conv_input_grad": 0.0, "fast": 0.0, "reference": 0.0}
-    for i, genotype in enumerate(genotypes):
-        torch.set_num_threads(cores)  # the reference as search_speed.py runs it: default threads
-        totals["reference"] += _timed(partial(score_genotype, genotype, i, seed, batch, reference))
-        torch.set_num_threads(1)
-        totals["fast"] += _timed(partial(score_genotype, genotype, i, seed, batch, fast))
-        calls = record_convs(build_candidate(genotype, seed, i), batch)
-        forward, backward = conv_seconds(calls)
-        totals["conv_forward"] += forward
-        totals["conv_input_grad"] += backward
+    try:
+        for i in [n, *range(n)]:  # candidate n: the untimed warm-up
+            seconds = {"reference": _seconds(partial(score_genotype, genotypes[i], i, seed, batch, reference))}
+            torch.set_num_threads(1)
+            seconds["fast"] = _seconds(partial(score_genotype, genotypes[i], i, seed, batch, fast))
+            calls = record_convs(build_candidate(genotypes[i], seed, i), batch)
+            seconds["conv_forward"], seconds["conv_input_grad"] = conv_seconds(calls)
+            torch.set_num_threads(cores)
+            if i < n:
+                for key, value in seconds.items():
+                    totals[key] += value
+    finally:
+        torch.set_num_threads(cores)
     per = {k: v / n for k, v in totals.items()}
     floor = per["conv_forward"] + per["conv_input_grad"]
     return {
