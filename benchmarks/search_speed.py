@@ -31,6 +31,7 @@ from scipy.stats import spearmanr
 
 import blockswap as bs
 from blockswap.budget import format_count
+from blockswap.cli import _positive_int
 from blockswap.search import ScoringPool, probe_data, score_genotype
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,18 +97,11 @@ def benchmark(budget: int, n: int, model: str, seed: int, data_dir: str | None, 
     }
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def candidates_parser(description: str, candidates: int) -> argparse.ArgumentParser:
     """The options every scoring benchmark takes: which candidates, on what data, and --json."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--budget", type=bs.parse_budget, default=bs.parse_budget("400k"), help="default 400k")
-    p.add_argument("--candidates", type=_positive, default=candidates, help=f"N candidates (default {candidates})")
+    p.add_argument("--candidates", type=_positive_int, default=candidates, help=f"N candidates (default {candidates})")
     p.add_argument("--model", default="wrn-40-2")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (default: built from ../shared into a cache)")
@@ -117,7 +111,8 @@ def candidates_parser(description: str, candidates: int) -> argparse.ArgumentPar
 
 def main() -> None:
     p = candidates_parser(__doc__.split("\n")[0], candidates=30)
-    p.add_argument("--workers", type=_positive, default=torch.get_num_threads(), help="fast pool size (default: cores)")
+    p.add_argument("--workers", type=_positive_int, default=torch.get_num_threads(),
+                   help="fast pool size (default: cores)")
     args = p.parse_args()
     data_dir = args.data_dir or default_data_dir()
     result = benchmark(args.budget, args.candidates, args.model, args.seed, data_dir, args.workers)
