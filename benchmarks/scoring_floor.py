@@ -37,7 +37,8 @@ from torch import Tensor, nn
 
 import blockswap as bs
 from blockswap.budget import format_count
-from blockswap.search import build_candidate, probe_data, score_genotype
+from blockswap.data import probe_images
+from blockswap.workers import build_candidate, score_genotype
 
 
 @dataclass
@@ -120,7 +121,7 @@ def benchmark(budget: int, n: int, model: str, seed: int, data_dir: str | None) 
     """
     cores = torch.get_num_threads()  # what `blockswap search` starts one worker per
     genotypes = bs.sample_genotypes(bs.Backbone.from_name(model), budget, n + 1, seed=seed)
-    batch = probe_data(data_dir).probe_batch(128, seed)
+    batch = probe_images(data_dir).probe_batch(128, seed)
     fast, reference = bs.FastFisherScorer(), bs.FisherScorer()
     totals = {"conv_forward": 0.0, "conv_input_grad": 0.0, "fast": 0.0, "reference": 0.0}
     try:

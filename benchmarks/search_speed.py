@@ -32,7 +32,8 @@ from scipy.stats import spearmanr
 import blockswap as bs
 from blockswap.budget import format_count
 from blockswap.cli import _positive_int
-from blockswap.search import ScoringPool, probe_data, score_genotype
+from blockswap.data import probe_images
+from blockswap.workers import ScoringPool, score_genotype
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO.parent / "shared" / "data" / "cifar10" / "build.py"
@@ -55,7 +56,7 @@ def benchmark(budget: int, n: int, model: str, seed: int, data_dir: str | None, 
     """Time the three ways of scoring the same n candidates; return the figures."""
     genotypes = bs.sample_genotypes(bs.Backbone.from_name(model), budget, n + workers, seed=seed)
     warm_up = range(n, n + workers)  # extra candidates, untimed: first calls JIT oneDNN kernels per shape
-    batch = probe_data(data_dir).probe_batch(128, seed)
+    batch = probe_images(data_dir).probe_batch(128, seed)
     reference, fast = bs.FisherScorer(), bs.FastFisherScorer()
     seconds = {"reference": 0.0, "fast_in_process": 0.0, "fast": 0.0}
     scores: dict[str, dict[int, float]] = {k: {} for k in seconds}

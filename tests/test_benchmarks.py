@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 import blockswap as bs
-from blockswap.search import build_candidate, probe_data
+from blockswap.data import probe_images
+from blockswap.workers import build_candidate
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SMALL = ["--model", "wrn-16-1", "--budget", "50k", "--json"]
@@ -58,7 +59,7 @@ def test_scoring_floor_records_every_conv_and_which_ones_the_backward_reaches() 
     floor = _floor_module()
     genotype = bs.sample_genotypes(bs.Backbone.from_name("wrn-16-1"), 50_000, 1, seed=0)[0]
     net = build_candidate(genotype, 0, 0)
-    calls = floor.record_convs(net, probe_data(None).probe_batch(16, 0))
+    calls = floor.record_convs(net, probe_images(None).probe_batch(16, 0))
     names = {id(m): name for name, m in net.named_modules()}
     recorded = [names[id(c.conv)] for c in calls]
     assert recorded == [name for name, m in net.named_modules() if type(m).__name__ == "Conv2d"]

@@ -7,7 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from blockswap.blocks import DEFAULT_PALETTE, PALETTE_NAMES, BlockType, ConvSpec, Palette
-from blockswap.networks import Backbone
+from blockswap.backbones import Backbone
 
 PUBLISHED = [
     "Conv", "DConvA2", "DConvA4", "DConvA8", "DConvA16", "DConvG2", "DConvG4", "DConvG8", "DConvG16", "DConv",

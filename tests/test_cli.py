@@ -20,7 +20,7 @@ def test_search_on_embedded_default(tmp_path: Path, capsys: pytest.CaptureFixtur
     text = capsys.readouterr().out
     assert "best: #" in text and "candidates.csv" in text
     best = json.loads((out / "best.json").read_text())
-    assert best["family"] == "wrn" and best["depth"] == 10 and len(best["blocks"]) == 3
+    assert best["model"] == "wrn-10-1" and len(best["blocks"]) == 3 and best["scorer"] == "fast"
 
 
 def test_info_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -87,7 +87,11 @@ def _train_worker(rank: int, port: int, config: TrainConfig, out: str) -> None:
     def keep_params(row: dict, net: torch.nn.Module) -> None:
         torch.save({n: p.detach().clone() for n, p in net.named_parameters()}, Path(out) / f"rank{rank}.pt")
 
-    train(config, Path(out) / "run", device=torch.device("cpu"), progress=False, on_epoch=keep_params)
+    place = setup_distributed(torch.device("cpu"))  # joins the group the environment describes, as the CLI does
+    try:
+        train(config, Path(out) / "run", device=place.device, progress=False, on_epoch=keep_params, group=place.group)
+    finally:
+        place.close()
 
 
 def test_torchrun_style_training_writes_one_run(cifar_root: Path, tmp_path: Path) -> None:

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 import blockswap as bs
-from blockswap.networks import bn_relu_pairs
-from blockswap.scoring import FusedBatchNorm, fused_batch_norms
-from blockswap.search import build_candidate, probe_data
+from blockswap.data import probe_images
+from blockswap.fused import FusedBatchNorm, bn_relu_pairs, fused_batch_norms
+from blockswap.workers import build_candidate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def cifar_batch(cifar_root) -> tuple[torch.Tensor, torch.Tensor]:
     """128 augmented real CIFAR-10 training images, as a search probes with."""
-    return probe_data(str(cifar_root)).probe_batch(128, 0)
+    return probe_images(str(cifar_root)).probe_batch(128, 0)
 
 
 def _both(genotype: bs.Genotype, index: int, batch, fast: bs.Scorer) -> tuple[bs.Score, bs.Score]:
@@ -106,7 +106,7 @@ def test_bn_relu_pairs_follow_execution_order() -> None:
     resnet = bs.Genotype.uniform(bs.Backbone.from_name("resnet18"), "Conv").build()
     pairs = {(type(o).__name__, a, b) for o, a, b in bn_relu_pairs(resnet)}
     # stem and bn1 -> relu1 of each body; bn2 feeds the residual add, not a ReLU
-    assert pairs == {("ResNet", "bn1", "relu"), ("PostActBlock", "bn1", "relu1")}
+    assert pairs == {("PostActNetwork", "bn1", "relu"), ("PostActBlock", "bn1", "relu1")}
 
 
 @pytest.mark.parametrize("relu", [True, False])

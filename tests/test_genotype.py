@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from blockswap.genotype import Genotype, GenotypeError, load_genotype
-from blockswap.networks import Backbone
+from blockswap.backbones import Backbone
 
 STUDENT_400K = ("Conv DConvG16 DConv DConvA2 ConvB2 DConvA8 DConvG2 DConvG16 DConvA8 DConvA16 DConvG8 DConvA4 "
                 "DConvG4 DConvG4 A4B2 DConvG8 DConvG8 G16B2").split()
@@ -24,8 +24,28 @@ def test_json_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "g.json"
     g.save(path)
     data = json.loads(path.read_text())
-    assert data == {"family": "wrn", "depth": 40, "width": 2, "num_classes": 10, "blocks": STUDENT_400K}
+    assert data == {"model": "wrn-40-2", "num_classes": 10, "blocks": STUDENT_400K}
     assert load_genotype(path) == g
+
+
+def test_earlier_json_form_still_reads(tmp_path: Path) -> None:
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"family": "wrn", "depth": 40, "width": 2, "num_classes": 10, "blocks": STUDENT_400K}))
+    assert load_genotype(path) == Genotype(Backbone.from_name("wrn-40-2"), tuple(STUDENT_400K))
+    path.write_text(json.dumps({"family": "resnet", "depth": 18, "blocks": ["Conv"] * 8}))
+    assert load_genotype(path).backbone == Backbone.from_name("resnet18")
+
+
+def test_unregistered_backbone_is_embedded_and_rebuilds(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    odd = replace(Backbone.from_name("wrn-16-1"), name="my-wrn", stage_widths=(8, 24, 40), num_classes=7)
+    g = Genotype.uniform(odd, "G4B2")
+    g.save(tmp_path / "g.json")
+    data = json.loads((tmp_path / "g.json").read_text())
+    assert data["model"] == "my-wrn" and data["backbone"]["stage_widths"] == [8, 24, 40]
+    again = load_genotype(tmp_path / "g.json")
+    assert again == g and again.params() == sum(p.numel() for p in again.build().parameters())
 
 
 def test_published_csv_reads_as_wrn_40_2(tmp_path: Path) -> None:
@@ -62,10 +82,10 @@ def test_multi_row_csv_picks_row(tmp_path: Path) -> None:
         ({"family": "wrn", "depth": 40, "width": 2, "blocks": ["Conv"] * 17},
          "has 18 blocks but the genotype lists 17"),
         ({"family": "wrn", "depth": 40, "width": 2, "blocks": ["Conv"] * 17 + ["Conv9"]},
-         "unknown block type 'Conv9' at position 17; valid choices: Conv, DConvA2"),
+         "position 17: unknown block type 'Conv9'; registered: Conv, DConvA2"),
         ({"family": "wrn", "depth": 40, "blocks": "Conv"}, "must be a list"),
         ({"family": "vgg", "depth": 16, "blocks": []}, "valid choices: wrn, resnet"),
-        ({"depth": 40, "blocks": []}, "missing field\\(s\\): family"),
+        ({"depth": 40, "blocks": []}, "missing field\\(s\\): model"),
         ({"family": "wrn", "depth": 40, "width": 1, "blocks": ["G16B2"] + ["Conv"] * 17}, "cannot be built"),
         ([1, 2, 3], "JSON object"),
     ],

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from blockswap.genotype import Genotype
-from blockswap.networks import Backbone, PostActBlock, PreActBlock
+from blockswap.backbones import Backbone
+from blockswap.networks import PostActBlock, PreActBlock
 from blockswap.scoring import FisherScorer, Score, fisher_from_probes, make_scorer
 
 
@@ -36,7 +37,7 @@ def mask_fisher(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[floa
             block.body = nn.Sequential(block.body, ChannelMask(mask))
         else:
             assert isinstance(block, PostActBlock)
-            last = block._body_names[-1]
+            last = block.body_names[-1]
             layer = getattr(block, last)
             mask = torch.ones(x.shape[0], layer.num_features, 1, 1, requires_grad=True)
             setattr(block, last, nn.Sequential(layer, ChannelMask(mask)))

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from blockswap.errors import BlockSwapError
-from blockswap.search import Candidate, SearchConfig, build_candidate, run_search
+from blockswap.candidates import Candidate
+from blockswap.search import SearchConfig, run_search
+from blockswap.workers import build_candidate
 
 CONFIG = SearchConfig(budget=40_000, model="wrn-10-1", samples=6, batch_size=16, seed=3)
 
@@ -24,14 +26,14 @@ def test_search_writes_ranked_candidates_and_best(tmp_path: Path) -> None:
     rows = _rows(tmp_path)
     assert [int(r["index"]) for r in rows] == list(range(6))
     assert all(abs(int(r["params"]) - 40_000) < 1_000 for r in rows)
-    assert all(len(r["fisher_per_block"].split()) == 3 for r in rows)
-    top = max(rows, key=lambda r: float(r["fisher"]))
+    assert all(len(r["score_per_block"].split()) == 3 for r in rows)
+    top = max(rows, key=lambda r: float(r["score"]))
     best = json.loads((tmp_path / "best.json").read_text())
     assert best["index"] == int(top["index"]) == result.best.index
     assert best["blocks"] == top["genotype"].split()
-    assert best["fisher"] == float(top["fisher"]) and best["params"] == int(top["params"])
+    assert best["score"] == float(top["score"]) and best["params"] == int(top["params"])
     assert best["macs"] == int(top["macs"])
-    assert [c.fisher for c in result.candidates] == sorted((float(r["fisher"]) for r in rows), reverse=True)
+    assert [c.score for c in result.candidates] == sorted((float(r["score"]) for r in rows), reverse=True)
     assert json.loads((tmp_path / "search.json").read_text())["budget"] == 40_000
 
 
@@ -75,7 +77,7 @@ def test_resume_refuses_a_different_search(tmp_path: Path) -> None:
 
 def test_candidate_weights_depend_on_seed_and_index_only() -> None:
     from blockswap.genotype import Genotype
-    from blockswap.networks import Backbone
+    from blockswap.backbones import Backbone
 
     g = Genotype.uniform(Backbone.from_name("wrn-10-1"), "G4B2")
     a, b, c = build_candidate(g, 0, 5), build_candidate(g, 0, 5), build_candidate(g, 0, 6)

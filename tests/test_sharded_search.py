@@ -66,12 +66,12 @@ def test_interrupted_worker_pool_search_resumes_to_the_same_rows(single: Path, t
 def test_fast_worker_pool_matches_fast_in_process(single: Path, tmp_path: Path) -> None:
     pooled = bs.run_search(bs.SearchConfig(**CONFIG), tmp_path / "pool", progress=False, workers=2)
     local = bs.run_search(bs.SearchConfig(**CONFIG), tmp_path / "local", progress=False, workers=1)
-    ref = {r["index"]: float(r["fisher"]) for r in _rows(single / "candidates.csv")}
+    ref = {r["index"]: float(r["score"]) for r in _rows(single / "candidates.csv")}
     by_index = {c.index: c for c in local.candidates}
     for c in pooled.candidates:
         assert c.genotype == by_index[c.index].genotype
-        np.testing.assert_allclose(c.fisher_per_block, by_index[c.index].fisher_per_block, rtol=1e-5)
-        assert c.fisher == pytest.approx(ref[str(c.index)], rel=5e-3)
+        np.testing.assert_allclose(c.score_per_block, by_index[c.index].score_per_block, rtol=1e-5)
+        assert c.score == pytest.approx(ref[str(c.index)], rel=5e-3)
 
 
 def _torchrun(out: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -1,20 +1,36 @@
 """BlockSwap: Fisher-guided block substitution for network compression on a budget.
 
-`import blockswap as bs` gives the public API used in the README.
+`import blockswap as bs` gives the public API used in the README. The three
+registries (`register_backbone`, `register_block_type`, `register_scorer`)
+are how a user extends the tool without editing it.
 """
 
-from .blocks import DEFAULT_PALETTE, PALETTE_NAMES, BlockType, ConvSpec, Palette
-from .budget import BudgetError, CostTable, parse_budget, sample_genotypes
+from .backbones import Backbone, BlockShape, backbone_names, get_backbone, register_backbone
+from .baselines import random_student, scaled, single_type, student_genotype
+from .blocks import (
+    DEFAULT_PALETTE,
+    PALETTE_NAMES,
+    BlockType,
+    ConvSpec,
+    Palette,
+    block_type,
+    register_block_type,
+    registered_block_types,
+)
+from .candidates import Candidate, read_candidates
 from .checkpoint import CheckpointError, load_network
+from .counts import BudgetError, format_count, parse_budget
 from .data import DataError, ImageSet, augment, load_cifar10, load_embedded_sample, normalize
 from .distill import DistillConfig, attention_loss, attention_map, student_loss
+from .distributed import Distributed, setup_distributed
 from .errors import BlockSwapError
 from .evaluate import EvalReport, evaluate_checkpoint
 from .genotype import Genotype, GenotypeError, load_genotype
-from .networks import Backbone, BlockNetwork, Taps, build_network
+from .networks import BlockNetwork, Taps, build_network, fixed_costs
 from .pruning import Pruner, nonzero_params
-from .scoring import SCORERS, FastFisherScorer, FisherScorer, Score, Scorer, make_scorer
-from .search import Candidate, SearchConfig, SearchResult, run_search
+from .sampling import CostTable, sample_genotypes
+from .scoring import FastFisherScorer, FisherScorer, Score, Scorer, make_scorer, register_scorer, scorer_names
+from .search import SearchConfig, SearchResult, run_search
 from .training import TrainConfig, TrainingError, train
 
 __version__ = "0.1.0"
@@ -22,48 +38,64 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_PALETTE",
     "PALETTE_NAMES",
-    "BlockType",
-    "ConvSpec",
-    "Palette",
-    "BudgetError",
-    "CostTable",
-    "parse_budget",
-    "sample_genotypes",
-    "DataError",
-    "ImageSet",
-    "augment",
-    "load_cifar10",
-    "load_embedded_sample",
-    "normalize",
-    "BlockSwapError",
-    "Genotype",
-    "GenotypeError",
-    "load_genotype",
     "Backbone",
     "BlockNetwork",
-    "Taps",
-    "build_network",
-    "SCORERS",
-    "FisherScorer",
+    "BlockShape",
+    "BlockSwapError",
+    "BlockType",
+    "BudgetError",
+    "Candidate",
+    "CheckpointError",
+    "ConvSpec",
+    "CostTable",
+    "DataError",
+    "DistillConfig",
+    "Distributed",
+    "EvalReport",
     "FastFisherScorer",
+    "FisherScorer",
+    "Genotype",
+    "GenotypeError",
+    "ImageSet",
+    "Palette",
+    "Pruner",
     "Score",
     "Scorer",
-    "make_scorer",
-    "Candidate",
     "SearchConfig",
     "SearchResult",
-    "run_search",
-    "CheckpointError",
-    "load_network",
-    "DistillConfig",
-    "attention_loss",
-    "attention_map",
-    "student_loss",
-    "EvalReport",
-    "evaluate_checkpoint",
-    "Pruner",
-    "nonzero_params",
+    "Taps",
     "TrainConfig",
     "TrainingError",
+    "attention_loss",
+    "attention_map",
+    "augment",
+    "backbone_names",
+    "block_type",
+    "build_network",
+    "evaluate_checkpoint",
+    "fixed_costs",
+    "format_count",
+    "get_backbone",
+    "load_cifar10",
+    "load_embedded_sample",
+    "load_genotype",
+    "load_network",
+    "make_scorer",
+    "nonzero_params",
+    "normalize",
+    "parse_budget",
+    "random_student",
+    "read_candidates",
+    "register_backbone",
+    "register_block_type",
+    "register_scorer",
+    "registered_block_types",
+    "run_search",
+    "sample_genotypes",
+    "scaled",
+    "scorer_names",
+    "setup_distributed",
+    "single_type",
+    "student_genotype",
     "train",
 ]

@@ -7,6 +7,9 @@ conv chain, its parameter count and MACs have closed forms that need no module
 construction, which is what makes budget sampling a table look-up.
 
 This module knows nothing about networks: it maps (C_in, C_out, stride) to a body.
+Every type a genotype may name resolves through one registry (`block_type`):
+the 23 published types are registered on import, and a user's type works
+everywhere a published one does once `register_block_type` has seen it.
 """
 
 from __future__ import annotations
@@ -18,12 +21,17 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .errors import BlockSwapError
+
 __all__ = [
     "ConvSpec",
     "BlockType",
     "Palette",
     "DEFAULT_PALETTE",
     "PALETTE_NAMES",
+    "register_block_type",
+    "block_type",
+    "registered_block_types",
     "conv_out_size",
     "init_weights",
 ]
@@ -252,7 +260,43 @@ class Palette(Mapping[str, BlockType]):
         return Palette([*self._types.values(), *types])
 
 
-DEFAULT_PALETTE = Palette(_published_types())
+_REGISTRY: dict[str, BlockType] = {}
+
+
+def register_block_type(block: BlockType) -> BlockType:
+    """Make `block` resolvable by name for genotypes, networks, checkpoints and the CLI.
+
+    Registering the same type again is a no-op; another type under a taken
+    name is refused. Returns the type, so it can be used as an expression.
+    """
+    if not isinstance(block, BlockType):
+        raise BlockSwapError(f"register_block_type takes a BlockType, got {type(block).__name__}")
+    if not block.name or not all(c.isalnum() or c in "_-." for c in block.name):
+        raise BlockSwapError(f"block type name {block.name!r} may hold letters, digits, '_', '-' and '.' only")
+    known = _REGISTRY.get(block.name)
+    if known is not None and known != block:
+        raise BlockSwapError(f"a different block type named {block.name!r} is already registered")
+    _REGISTRY[block.name] = block
+    return block
+
+
+def block_type(name: str) -> BlockType:
+    """The registered type called `name`; BlockSwapError naming the choices if there is none."""
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise BlockSwapError(
+            f"unknown block type {name!r}; registered: {', '.join(_REGISTRY)} "
+            "(register your own with blockswap.register_block_type)"
+        ) from None
+
+
+def registered_block_types() -> dict[str, BlockType]:
+    """Every registered type by name, published ones first."""
+    return dict(_REGISTRY)
+
+
+DEFAULT_PALETTE = Palette(register_block_type(t) for t in _published_types())
 PALETTE_NAMES: tuple[str, ...] = tuple(DEFAULT_PALETTE.names)
 
 

@@ -9,7 +9,6 @@ given. Files load with `weights_only=True`: they hold tensors and plain values.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,9 @@ import torch
 from .errors import BlockSwapError
 from .genotype import Genotype
 from .networks import BlockNetwork
+from .outdir import atomic_file
 
-__all__ = ["CheckpointError", "save_atomic", "write_text_atomic", "config_changes", "read_checkpoint", "load_network"]
+__all__ = ["CheckpointError", "save_atomic", "read_checkpoint", "load_network"]
 
 
 class CheckpointError(BlockSwapError):
@@ -27,24 +27,9 @@ class CheckpointError(BlockSwapError):
 
 
 def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
-    """torch.save to a temporary file, then rename over `path`: a kill never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write a text file through a temporary file and a rename, like `save_atomic`."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def config_changes(saved: dict[str, Any], wanted: dict[str, Any]) -> str:
-    """"key: old -> new, ..." for the settings an output folder's saved config does not share; "" if none."""
-    return ", ".join(f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in wanted.items() if saved.get(k) != v)
+    """torch.save through `outdir.atomic_file`: a kill never leaves half a file."""
+    with atomic_file(path, "wb") as f:
+        torch.save(payload, f)
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

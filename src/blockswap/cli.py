@@ -1,34 +1,44 @@
 """The `blockswap` command line: fills the library's config dataclasses from argv.
 
+Options are derived from the config dataclasses' fields (`blockswap.options`),
+so their defaults and help live in one place. `--plugin MODULE_OR_FILE` (or
+$BLOCKSWAP_PLUGINS, comma-separated) imports a user's module first, so the
+backbones, block types and scorers it registers work in every command.
 Nothing imports this module; bad input ends with a one-line reason and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from .blocks import DEFAULT_PALETTE as palette
-from .budget import format_count, parse_budget, sample_genotypes
+from .backbones import get_backbone
+from .baselines import student_genotype
+from .blocks import block_type
 from .checkpoint import read_checkpoint
+from .counts import format_count, parse_budget
 from .distributed import setup_distributed
 from .errors import BlockSwapError
 from .evaluate import evaluate_checkpoint
 from .genotype import Genotype, load_genotype
-from .networks import Backbone
+from .options import add_options, values
 from .precision import PRECISIONS
 from .pruning import PRUNE_METHODS
-from .scoring import SCORERS
 from .search import SearchConfig, run_search
-from .training import SCHEDULES, TrainConfig, train
+from .training import TrainConfig, train
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "load_plugin"]
+
+PLUGINS_ENV = "BLOCKSWAP_PLUGINS"
 
 
 def _budget(text: str) -> int:
@@ -36,6 +46,33 @@ def _budget(text: str) -> int:
         return parse_budget(text)
     except BlockSwapError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def load_plugin(spec: str) -> None:
+    """Import a module (dotted name, or a .py file whose folder joins sys.path) for what it registers."""
+    path = Path(spec)
+    if spec.endswith(".py"):
+        if not path.is_file():
+            raise BlockSwapError(f"plugin file not found: {spec}")
+        folder = str(path.resolve().parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)  # spawned workers inherit sys.path, so they can import it too
+        spec = path.stem
+    try:
+        importlib.import_module(spec)
+    except ImportError as e:
+        raise BlockSwapError(f"cannot import plugin {spec!r}: {e}") from None
+
+
+def _setting(text: str) -> tuple[str, Any]:
+    """KEY=VALUE with VALUE read as JSON where it parses (true, 3, 0.5, "x"), else as text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def _positive_int(text: str) -> int:
@@ -61,16 +98,9 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="sample budget-feasible students and rank them by Fisher potential",
                        description="Sample --samples genotypes within the budget window, score each by Fisher "
                        "potential on one seeded minibatch, write candidates.csv and best.json to --out.")
-    p.add_argument("--budget", required=True, type=_budget, help="parameter budget, e.g. 400k, 1.6M, 400000")
-    p.add_argument("--samples", type=_positive_int, default=1000, help="candidates to score (default 1000)")
-    p.add_argument("--model", default="wrn-40-2", help="teacher network: wrn-D-K or resnet18/34 (default wrn-40-2)")
-    p.add_argument("--data-dir", default=None,
-                   help="CIFAR-10 folder (downloaded there if missing); default: the embedded 1,000-image sample")
-    p.add_argument("--batch-size", type=_positive_int, default=128, help="probe minibatch size (default 128)")
-    p.add_argument("--tolerance", type=float, default=0.025, help="budget window, fraction (default 0.025)")
-    p.add_argument("--seed", type=int, default=0, help="fixes candidates, weights and the probe batch (default 0)")
-    p.add_argument("--scorer", choices=sorted(SCORERS), default="fast",
-                   help="fast (default) or reference: the plain fp32 scorer the fast one is checked against")
+    add_options(p, SearchConfig)
+    p.add_argument("--scorer-setting", dest="scorer_settings", type=_setting, action="append", default=[],
+                   metavar="KEY=VALUE", help="a keyword setting of the scorer (repeatable), recorded in search.json")
     p.add_argument("--workers", type=_positive_int, default=None,
                    help="scoring processes per rank (default: one single-threaded process per core on CPU, 1 on CUDA)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -85,8 +115,7 @@ def _default_workers(device: torch.device) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    config = SearchConfig(budget=args.budget, model=args.model, samples=args.samples, batch_size=args.batch_size,
-                          tolerance=args.tolerance, seed=args.seed, data_dir=args.data_dir, scorer=args.scorer)
+    config = SearchConfig(**values(args, SearchConfig), scorer_settings=dict(args.scorer_settings))
     place = setup_distributed(_device(args.device))
     try:
         workers = args.workers or _default_workers(place.device)
@@ -99,7 +128,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     best = result.best
     print(f"scored {result.scored_now} new of {len(result.candidates)} candidates in {result.seconds:.1f} s "
           f"({config.model}, budget {format_count(config.budget)})")
-    print(f"best: #{best.index}  params {best.params:,}  MACs {format_count(best.macs)}  fisher {best.fisher:.6g}")
+    print(f"best: #{best.index}  params {best.params:,}  MACs {format_count(best.macs)}  "
+          f"{config.scorer} score {best.score:.6g}")
     print(f"      {' '.join(best.genotype.blocks)}")
     print(f"wrote {result.out_dir / 'candidates.csv'} and {result.out_dir / 'best.json'}")
     return 0
@@ -118,12 +148,12 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 
 def _resolve_genotype(text: str, model: str | None, row: int) -> Genotype:
     path = Path(text)
-    backbone = Backbone.from_name(model) if model else None
+    backbone = get_backbone(model) if model else None
     if path.suffix.lower() in (".json", ".csv") or path.exists():
         return load_genotype(path, backbone=backbone, row=row)
     try:
-        return Genotype.uniform(Backbone.from_name(text))
-    except ValueError:
+        return Genotype.uniform(get_backbone(text))
+    except BlockSwapError:
         raise BlockSwapError(f"{text!r} is neither a genotype file nor a model name") from None
 
 
@@ -132,45 +162,28 @@ def _cmd_info(args: argparse.Namespace) -> int:
     post = g.backbone.post_activation
     rows = []
     for i, (name, shape, stage) in enumerate(zip(g.blocks, g.backbone.block_shapes(), g.backbone.block_stages())):
-        t = palette[name]
+        t = block_type(name)
         rows.append({"index": i, "stage": stage, "type": name, "c_in": shape.c_in, "c_out": shape.c_out,
                      "stride": shape.stride, "body_params": t.params(shape.c_in, shape.c_out, shape.stride, post),
                      "body_macs": t.macs(shape.c_in, shape.c_out, shape.stride, shape.size_in)})
     if args.json:
-        print(json.dumps({"model": g.backbone.name, **g.to_dict(), "params": g.params(), "macs": g.macs(),
-                          "per_block": rows}))
+        print(json.dumps({**g.to_dict(), "params": g.params(), "macs": g.macs(), "per_block": rows}))
         return 0
     print(f"{g.backbone.name}, {g.backbone.num_classes} classes, input {g.backbone.input_size}x{g.backbone.input_size}")
-    print(f"{'#':>3} {'stage':>5} {'type':<9} {'channels':>11} {'s':>2} {'body params':>12} {'body MACs':>12}")
+    width = max(9, *(len(r["type"]) for r in rows))
+    print(f"{'#':>3} {'stage':>5} {'type':<{width}} {'channels':>11} {'s':>2} {'body params':>12} {'body MACs':>12}")
     for r in rows:
         ch = f"{r['c_in']}->{r['c_out']}"
-        print(f"{r['index']:>3} {r['stage']:>5} {r['type']:<9} {ch:>11} {r['stride']:>2} "
+        print(f"{r['index']:>3} {r['stage']:>5} {r['type']:<{width}} {ch:>11} {r['stride']:>2} "
               f"{r['body_params']:>12,} {r['body_macs']:>12,}")
     print(f"params {g.params():,} ({format_count(g.params())})   MACs {g.macs():,} ({format_count(g.macs())})")
     return 0
 
 
-def _add_train_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by `train teacher` and `train student`: data, recipe, run control."""
-    p.add_argument("--data-dir", required=True,
-                   help="folder holding cifar-10-batches-py (downloaded there, MD5-checked, if missing)")
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options of `train teacher` and `train student` that are about this invocation, not the run's settings."""
     p.add_argument("--out", required=True, type=Path, help="output folder of this run")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--epochs", type=_positive_int, default=200, help="(default 200)")
-    p.add_argument("--batch-size", type=_positive_int, default=128, help="global batch, split over processes")
-    p.add_argument("--lr", type=float, default=0.1, help="initial learning rate (default 0.1)")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="(default 5e-4)")
-    p.add_argument("--schedule", choices=SCHEDULES, default="cosine",
-                   help="cosine annealing (published code, default) or step: lr/5 at 30%%, 60%%, 80%% of the epochs")
-    p.add_argument("--cutout", type=int, default=16, help="Cutout hole size, 0 for none (default 16)")
-    p.add_argument("--train-subset", type=_positive_int, default=None, help="train on the first N images only")
-    p.add_argument("--test-subset", type=_positive_int, default=None, help="test on the first N images only")
-    p.add_argument("--seed", type=int, default=0, help="initial weights, batch order, augmentation (default 0)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto: bf16 autocast on CUDA and on CPUs with AVX512-BF16/AMX, else fp32 (default auto)")
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                   help="keep NCHW tensors (channels_last is faster for dense convs, slower for some grouped ones)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -183,9 +196,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     t = kinds.add_parser("teacher", help="train a network with cross-entropy",
                          description="Train any supported network with plain cross-entropy.")
     arch = t.add_mutually_exclusive_group(required=True)
-    arch.add_argument("--model", help="all-Conv network: wrn-D-K (e.g. wrn-40-2) or resnet18/34")
+    arch.add_argument("--model", help="all-Conv network: a registered backbone, e.g. wrn-40-2 or resnet18")
     arch.add_argument("--genotype", help="genotype file (.json, or published .csv as WRN-40-2)")
-    _add_train_options(t)
+    add_options(t, TrainConfig, skip=("distill",))
+    _add_run_options(t)
     t.set_defaults(func=_cmd_train)
 
     s = kinds.add_parser("student", help="train a student (or a baseline) with attention transfer",
@@ -195,7 +209,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                          "backbone of --model, else the teacher's.")
     arch = s.add_mutually_exclusive_group()
     arch.add_argument("--genotype", help="genotype file, e.g. best.json from blockswap search")
-    arch.add_argument("--all", metavar="TYPE", help="every block the same palette type, e.g. G4B2")
+    arch.add_argument("--all", metavar="TYPE", help="every block the same registered type, e.g. G4B2")
     arch.add_argument("--random", action="store_true", help="a random genotype within --budget (seeded by --seed)")
     arch.add_argument("--prune", choices=PRUNE_METHODS,
                       help="prune the teacher to --budget: l1 (magnitude of its trained weights) or snip (at init)")
@@ -206,10 +220,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     teach.add_argument("--no-teacher", action="store_true", help="cross-entropy only: what distillation adds")
     s.add_argument("--teacher-model", help="the teacher's architecture (model name or genotype file); "
                    "checked against the checkpoint, needed only for a bare state dict")
-    s.add_argument("--beta", type=float, default=1000.0, help="attention-transfer weight (default 1000)")
-    s.add_argument("--kd-alpha", type=float, default=0.0, help="Hinton KD weight against CE; 0 = off (default 0)")
-    s.add_argument("--kd-temperature", type=float, default=4.0, help="KD temperature (default 4)")
-    _add_train_options(s)
+    add_options(s, TrainConfig)
+    _add_run_options(s)
     s.set_defaults(func=_cmd_train)
 
 
@@ -225,60 +237,41 @@ def _teacher_genotype(args: argparse.Namespace) -> Genotype | None:
     return Genotype.from_dict(recorded)
 
 
-def _student_genotype(args: argparse.Namespace, teacher: Genotype | None) -> Genotype:
-    """The network `train student` trains, from whichever of its options was given."""
-    if args.budget is not None and not (args.random or args.prune):
-        raise BlockSwapError("--budget applies to --random and --prune only")
-    if (args.random or args.prune) and args.budget is None:
-        raise BlockSwapError(f"--{'random' if args.random else 'prune'} needs --budget")
-    if args.genotype:
-        return _resolve_genotype(args.genotype, args.model, 0)
-    if args.prune:
-        if args.model:
-            raise BlockSwapError("--prune prunes the teacher's own network; --model does not apply")
-        if teacher is None:
-            raise BlockSwapError("--prune prunes the teacher: give --teacher, or --teacher-model with --no-teacher")
-        return teacher
-    if args.model and not (args.all or args.random):
-        return Genotype.uniform(Backbone.from_name(args.model))
-    if args.model is None and teacher is None:
-        raise BlockSwapError("name the student: --genotype FILE, --model NAME, or a teacher to derive it from")
-    backbone = Backbone.from_name(args.model) if args.model else teacher.backbone
-    if args.all:
-        return Genotype.uniform(backbone, args.all).validate()
-    if args.random:
-        return sample_genotypes(backbone, args.budget, 1, seed=args.seed)[0]
-    raise BlockSwapError("name the student: --genotype, --model, --all, --random or --prune")
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
-    options = {"data_dir": args.data_dir, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-               "momentum": args.momentum, "weight_decay": args.weight_decay, "schedule": args.schedule,
-               "train_subset": args.train_subset, "test_subset": args.test_subset, "seed": args.seed,
-               "precision": args.precision, "channels_last": args.channels_last, "cutout": args.cutout}
     if args.kind == "teacher":
         genotype = _resolve_genotype(args.genotype or args.model, None, 0)
-        config = TrainConfig(genotype=genotype.to_dict(), **options)
+        config = TrainConfig(genotype=genotype.to_dict(), **values(args, TrainConfig, skip=("distill",)))
     else:
         teacher = _teacher_genotype(args)
-        genotype = _student_genotype(args, teacher)
+        if args.genotype:
+            genotype = _resolve_genotype(args.genotype, args.model, 0)
+        else:
+            genotype = student_genotype(teacher, model=args.model, all_type=args.all, random=args.random,
+                                        prune=args.prune, budget=args.budget, seed=args.seed)
         config = TrainConfig(
             genotype=genotype.to_dict(), teacher=args.teacher,
             teacher_genotype=teacher.to_dict() if args.teacher and args.teacher_model else None,
-            beta=args.beta, kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature,
-            prune=args.prune, prune_budget=args.budget if args.prune else None, **options)
+            prune=args.prune, prune_budget=args.budget if args.prune else None, **values(args, TrainConfig))
+    config.validate()
+    place = setup_distributed(_device(args.device))
     try:
-        final = train(config, args.out, resume=args.resume, device=_device(args.device), progress=not args.quiet)
+        final = train(config, args.out, resume=args.resume, device=place.device, progress=not args.quiet,
+                      group=place.group)
     except KeyboardInterrupt:
         print(f"blockswap: interrupted; add --resume to the same command to continue from {args.out}/checkpoint.pt",
               file=sys.stderr)
         return 130
-    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+    finally:
+        place.close()
+    if not place.is_main:  # under torchrun, rank 0 reports
         return 0
     print(f"{final['model']}  test error {final['test_error_pct']:.2f}%  params {final['params']:,}  "
           f"MACs {format_count(final['macs'])}  {final['epochs']} epochs in {final['seconds']:.0f} s")
     print(f"wrote {args.out / 'final.json'}, {args.out / 'last.pt'}")
     return 0
+
+
+_EVAL_DEFAULTS = {name: p.default for name, p in inspect.signature(evaluate_checkpoint).parameters.items()}
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -289,9 +282,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", required=True,
                    help="folder holding cifar-10-batches-py (downloaded there, MD5-checked, if missing)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="(default auto)")
-    p.add_argument("--test-subset", type=_positive_int, default=None, help="first N test images only")
-    p.add_argument("--repeats", type=_positive_int, default=20, help="timed forward passes at batch 1 (default 20)")
+    p.add_argument("--precision", choices=PRECISIONS, default=_EVAL_DEFAULTS["precision"],
+                   help=f"(default: {_EVAL_DEFAULTS['precision']})")
+    p.add_argument("--test-subset", type=_positive_int, default=_EVAL_DEFAULTS["test_subset"],
+                   help="first N test images only")
+    p.add_argument("--repeats", type=_positive_int, default=_EVAL_DEFAULTS["repeats"],
+                   help=f"timed forward passes at batch 1 (default: {_EVAL_DEFAULTS['repeats']})")
     p.set_defaults(func=_cmd_eval)
 
 
@@ -303,7 +299,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; build it after plugins are loaded, so their scorers are among the choices."""
     parser = argparse.ArgumentParser(prog="blockswap", description="Fisher-guided block substitution (BlockSwap).")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+                        help=f"import a module that registers backbones, block types or scorers (repeatable; "
+                        f"also ${PLUGINS_ENV}, comma-separated)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_search(sub)
     _add_info(sub)
@@ -312,7 +312,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load_plugins(argv: Sequence[str]) -> list[str]:
+    """Import the plugins named in $BLOCKSWAP_PLUGINS and by --plugin options; argv without those options."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugin", action="append", default=[])
+    known, rest = pre.parse_known_args(argv)
+    env = [p.strip() for p in os.environ.get(PLUGINS_ENV, "").split(",") if p.strip()]
+    for spec in env + known.plugin:
+        load_plugin(spec)
+    return rest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv = _load_plugins(argv)
+    except BlockSwapError as e:
+        print(f"blockswap: error: {e}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

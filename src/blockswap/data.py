@@ -42,6 +42,7 @@ __all__ = [
     "ensure_cifar10",
     "download_cifar10",
     "load_embedded_sample",
+    "probe_images",
     "normalize",
     "augment",
 ]
@@ -180,6 +181,11 @@ def load_embedded_sample() -> ImageSet:
     with resources.files("blockswap").joinpath("assets/cifar10_sample.npz").open("rb") as f:
         npz = np.load(f)
         return ImageSet(torch.from_numpy(npz["images"]), torch.from_numpy(npz["labels"].astype(np.int64)))
+
+
+def probe_images(data_dir: str | Path | None) -> ImageSet:
+    """The images a search draws its minibatch from: the CIFAR-10 train set in `data_dir`, or the embedded sample."""
+    return load_embedded_sample() if data_dir is None else load_cifar10(data_dir, train=True)
 
 
 def normalize(images: Tensor) -> Tensor:

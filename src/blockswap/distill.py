@@ -12,12 +12,13 @@ mixes (1 - alpha) * CE with alpha * T^2 * KL(teacher || student) at temperature 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import BlockSwapError
+from .options import option
 
 __all__ = ["DistillConfig", "LossParts", "attention_map", "attention_loss", "kd_loss", "student_loss"]
 
@@ -26,16 +27,18 @@ __all__ = ["DistillConfig", "LossParts", "attention_map", "attention_loss", "kd_
 class DistillConfig:
     """Weights of the distillation terms; the defaults are the paper's CIFAR-10 setting."""
 
-    beta: float = 1000.0  # attention-transfer weight from the paper (for 3 points)
-    kd_alpha: float = 0.0  # weight of Hinton KD against CE; 0 trains with CE + AT only, as the paper does
-    kd_temperature: float = 4.0  # softmax temperature for KD, the published code's value
+    beta: float = field(default=1000.0, metadata=option(
+        "attention-transfer weight, the paper's (for 3 points; scaled by 3 / points)"))
+    kd_alpha: float = field(default=0.0, metadata=option(
+        "Hinton KD weight against CE; 0 trains with CE + AT only, as the paper does"))
+    kd_temperature: float = field(default=4.0, metadata=option("KD softmax temperature, the published code's"))
 
     def __post_init__(self) -> None:
-        if self.beta < 0:
+        if not self.beta >= 0:  # also refuses NaN
             raise BlockSwapError(f"beta must be non-negative, got {self.beta}")
         if not 0.0 <= self.kd_alpha <= 1.0:
             raise BlockSwapError(f"KD alpha must be in [0, 1], got {self.kd_alpha}")
-        if self.kd_temperature <= 0:
+        if not 0 < self.kd_temperature < float("inf"):
             raise BlockSwapError(f"KD temperature must be positive, got {self.kd_temperature}")
 
 

@@ -23,7 +23,7 @@ from .data import ImageSet, load_cifar10, normalize
 from .precision import autocast, resolve_precision
 from .pruning import nonzero_params
 
-__all__ = ["EvalReport", "test_sums", "time_forward", "evaluate_checkpoint"]
+__all__ = ["EvalReport", "error_sums", "time_forward", "evaluate_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class EvalReport:
 
 
 @torch.no_grad()
-def test_sums(
+def error_sums(
     model: nn.Module,
     data: ImageSet,
     batch_size: int = 500,
@@ -117,7 +117,7 @@ def evaluate_checkpoint(
     test = load_cifar10(data_dir, train=False)
     if test_subset is not None:
         test = test.subset(test_subset)
-    loss, errors, n = test_sums(model, test.to(device), batch_size, precision, channels_last=True).tolist()
+    loss, errors, n = error_sums(model, test.to(device), batch_size, precision, channels_last=True).tolist()
     size = genotype.backbone.input_size
     one = torch.randn(1, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     batch = torch.randn(128, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)

@@ -1,10 +1,14 @@
-"""Genotypes: which palette type fills each block slot of a backbone.
+"""Genotypes: which registered block type fills each block slot of a backbone.
 
 A genotype is a small immutable value saved as JSON, e.g.
-`{"family": "wrn", "depth": 40, "width": 2, "num_classes": 10, "blocks": [...]}`.
-The published pytorch-blockswap CSV format (columns `,index,convs,fisher`, with
-`convs` a Python-literal list of names) is read too, as WRN-40-2 / CIFAR-10
-unless another backbone is given.
+`{"model": "wrn-40-2", "num_classes": 10, "blocks": [...]}`; a backbone that
+is not a registered name (or differs from it) is embedded in full as
+`"backbone": {...}`, so the file rebuilds its network on its own. Files of
+earlier versions (`{"family": "wrn", "depth": 40, "width": 2, ...}`) still
+read. The published pytorch-blockswap CSV format (columns `,index,convs,fisher`,
+with `convs` a Python-literal list of names) is read too, as WRN-40-2 /
+CIFAR-10 unless another backbone is given. Names resolve through the block-type
+registry, so a user's registered type is handled exactly as a published one.
 """
 
 from __future__ import annotations
@@ -17,11 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .blocks import DEFAULT_PALETTE, Palette
+from .backbones import Backbone, get_backbone
+from .blocks import block_type
 from .errors import BlockSwapError
-from .networks import Backbone, BlockNetwork, build_network
+from .networks import BlockNetwork, build_network, fixed_costs
+from .outdir import write_text_atomic
 
 __all__ = ["Genotype", "GenotypeError", "load_genotype"]
+
+_LEGACY_FAMILIES = {"wrn": "wrn-{depth}-{width}", "resnet": "resnet{depth}"}
 
 
 class GenotypeError(BlockSwapError):
@@ -38,7 +46,7 @@ class Genotype:
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", tuple(self.blocks))
 
-    def validate(self, palette: Palette = DEFAULT_PALETTE) -> Genotype:
+    def validate(self) -> Genotype:
         """Check length, names and buildability; raise GenotypeError naming the problem."""
         shapes = self.backbone.block_shapes()
         if len(self.blocks) != len(shapes):
@@ -46,11 +54,11 @@ class Genotype:
                 f"{self.backbone.name} has {len(shapes)} blocks but the genotype lists {len(self.blocks)}"
             )
         for i, (name, shape) in enumerate(zip(self.blocks, shapes)):
-            if name not in palette:
-                raise GenotypeError(
-                    f"unknown block type {name!r} at position {i}; valid choices: {', '.join(palette.names)}"
-                )
-            if not palette[name].is_valid(shape.c_in, shape.c_out, shape.stride):
+            try:
+                kind = block_type(name)
+            except BlockSwapError as e:
+                raise GenotypeError(f"position {i}: {e}") from None
+            if not kind.is_valid(shape.c_in, shape.c_out, shape.stride):
                 raise GenotypeError(
                     f"block type {name!r} at position {i} cannot be built at {shape.c_in}->{shape.c_out} channels"
                 )
@@ -61,62 +69,80 @@ class Genotype:
         """Every slot the same type (the teacher is `uniform(backbone, "Conv")`)."""
         return cls(backbone, (block,) * backbone.num_blocks)
 
-    def params(self, palette: Palette = DEFAULT_PALETTE) -> int:
+    def params(self) -> int:
         """Closed-form trainable parameter count of the whole network."""
         post = self.backbone.post_activation
         shapes = self.backbone.block_shapes()
-        return self.backbone.fixed_params() + sum(
-            palette[n].params(s.c_in, s.c_out, s.stride, post) for n, s in zip(self.blocks, shapes)
+        return fixed_costs(self.backbone).params + sum(
+            block_type(n).params(s.c_in, s.c_out, s.stride, post) for n, s in zip(self.blocks, shapes)
         )
 
-    def macs(self, palette: Palette = DEFAULT_PALETTE) -> int:
+    def macs(self) -> int:
         """Closed-form multiply-accumulates of convs and the Linear layer for one input image."""
-        return self.backbone.fixed_macs() + sum(
-            palette[n].macs(s.c_in, s.c_out, s.stride, s.size_in)
+        return fixed_costs(self.backbone).macs + sum(
+            block_type(n).macs(s.c_in, s.c_out, s.stride, s.size_in)
             for n, s in zip(self.blocks, self.backbone.block_shapes())
         )
 
-    def build(self, palette: Palette = DEFAULT_PALETTE) -> BlockNetwork:
+    def build(self) -> BlockNetwork:
         """A freshly initialised network for this genotype."""
-        self.validate(palette)
-        return build_network(self.backbone, self.blocks, palette)
+        self.validate()
+        return build_network(self.backbone, self.blocks)
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form: model name and classes, plus the full backbone spec where the name alone would not rebuild it."""
         b = self.backbone
-        return {"family": b.family, "depth": b.depth, "width": b.width, "num_classes": b.num_classes,
-                "blocks": list(self.blocks)}
+        data: dict[str, Any] = {"model": b.name, "num_classes": b.num_classes}
+        try:
+            registered = get_backbone(b.name, b.num_classes) == b
+        except BlockSwapError:
+            registered = False
+        if not registered:
+            data["backbone"] = b.to_dict()
+        data["blocks"] = list(self.blocks)
+        return data
 
     @classmethod
-    def from_dict(cls, data: Any, palette: Palette = DEFAULT_PALETTE) -> Genotype:
-        """Parse the JSON form; raise GenotypeError naming a missing or wrong field."""
+    def from_dict(cls, data: Any) -> Genotype:
+        """Parse the JSON form (or an earlier version's); raise GenotypeError naming a missing or wrong field."""
         if not isinstance(data, dict):
-            raise GenotypeError("a genotype must be a JSON object with family, depth, width, num_classes, blocks")
-        missing = [k for k in ("family", "depth", "blocks") if k not in data]
-        if missing:
-            raise GenotypeError(f"genotype is missing field(s): {', '.join(missing)}")
+            raise GenotypeError("a genotype must be a JSON object with model, num_classes and blocks")
+        if "blocks" not in data:
+            raise GenotypeError("genotype is missing field(s): blocks")
         blocks = data["blocks"]
         if not isinstance(blocks, list) or not all(isinstance(b, str) for b in blocks):
             raise GenotypeError("genotype field 'blocks' must be a list of block type names")
-        family = str(data["family"])
         try:
-            backbone = Backbone(
-                family,
-                int(data["depth"]),
-                int(data.get("width", 1)),
-                int(data.get("num_classes", 10 if family == "wrn" else 1000)),
-            )
+            backbone = _backbone_of(data)
         except (TypeError, ValueError) as e:
             raise GenotypeError(f"invalid backbone in genotype: {e}") from None
-        return cls(backbone, tuple(blocks)).validate(palette)
+        return cls(backbone, tuple(blocks)).validate()
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n")
+        """Write the JSON form atomically."""
+        write_text_atomic(path, self.to_json() + "\n")
 
     def __str__(self) -> str:
         return f"{self.backbone.name}[{' '.join(self.blocks)}]"
+
+
+def _backbone_of(data: dict[str, Any]) -> Backbone:
+    """The backbone a genotype dict names: an embedded spec, a registered model, or an earlier version's family."""
+    num_classes = data.get("num_classes")
+    if "backbone" in data:
+        return Backbone.from_dict(data["backbone"])
+    if "model" in data:
+        return get_backbone(data["model"], num_classes)
+    if "family" not in data or "depth" not in data:
+        raise GenotypeError("genotype is missing field(s): model")
+    family = data["family"]
+    if family not in _LEGACY_FAMILIES:
+        raise GenotypeError(f"unknown network family {family!r}; valid choices: {', '.join(_LEGACY_FAMILIES)}")
+    name = _LEGACY_FAMILIES[family].format(depth=int(data["depth"]), width=int(data.get("width", 1)))
+    return get_backbone(name, num_classes)
 
 
 def _read_csv(path: Path, row: int) -> Sequence[str]:
@@ -135,12 +161,7 @@ def _read_csv(path: Path, row: int) -> Sequence[str]:
     return blocks
 
 
-def load_genotype(
-    path: str | Path,
-    backbone: Backbone | None = None,
-    row: int = 0,
-    palette: Palette = DEFAULT_PALETTE,
-) -> Genotype:
+def load_genotype(path: str | Path, backbone: Backbone | None = None, row: int = 0) -> Genotype:
     """Read a genotype from JSON or the published CSV format (WRN-40-2 unless `backbone` is given).
 
     For a CSV with several rows, `row` picks one (default the first data row).
@@ -150,13 +171,13 @@ def load_genotype(
         raise GenotypeError(f"genotype file not found: {path}")
     if path.suffix.lower() == ".csv":
         blocks = _read_csv(path, row)
-        return Genotype(backbone or Backbone.from_name("wrn-40-2"), tuple(blocks)).validate(palette)
+        return Genotype(backbone or get_backbone("wrn-40-2"), tuple(blocks)).validate()
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         expected = "expected a genotype JSON or a published-format CSV"
         raise GenotypeError(f"{path}: not valid JSON ({e}); {expected}") from None
-    genotype = Genotype.from_dict(data, palette)
+    genotype = Genotype.from_dict(data)
     if backbone is not None and backbone != genotype.backbone:
         raise GenotypeError(f"{path}: genotype is for {genotype.backbone.name}, expected {backbone.name}")
     return genotype

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .budget import format_count
+from .counts import format_count
 from .errors import BlockSwapError
 
 __all__ = ["PRUNE_METHODS", "Pruner", "prunable_weights", "nonzero_params", "magnitude_scores", "snip_scores"]

@@ -1,38 +1,38 @@
-"""Scoring candidates at initialisation: Fisher potential (SPEC section 4).
+"""Scoring candidates at initialisation: Fisher potential (SPEC section 4), and the scorer registry.
 
 A scorer maps (model, batch) to a total score and one score per block, so other
-zero-cost proxies can be added without touching the search. `FisherScorer` is
-the straightforward fp32 reference (Theis et al. 2018 channel saliency, summed
+zero-cost proxies can be added without touching the search: register a factory
+with `@register_scorer("name")` and name it in `SearchConfig.scorer` (with its
+keyword settings in `scorer_settings`). `FisherScorer` ("reference") is the
+straightforward fp32 implementation (Theis et al. 2018 channel saliency, summed
 over channels and blocks): faster scorers are measured against it.
-`FastFisherScorer` computes the same quantity with only the work it needs and
-is what a search uses by default.
+`FastFisherScorer` ("fast") computes the same quantity with only the work it
+needs and is what a search uses by default.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
+from torch import Tensor
 
 from .errors import BlockSwapError
-from .networks import BlockNetwork, bn_relu_pairs
+from .fused import fisher_potential, fused_batch_norms
+from .networks import BlockNetwork
 
 __all__ = [
     "Score",
     "Scorer",
     "FisherScorer",
     "FastFisherScorer",
-    "FusedBatchNorm",
-    "fused_batch_norms",
     "fisher_from_probes",
-    "SCORERS",
+    "register_scorer",
+    "scorer_names",
     "make_scorer",
 ]
 
@@ -87,112 +87,9 @@ class FisherScorer:
         return Score(float(sum(per_block)), tuple(per_block))
 
 
-def _cpu_kernels() -> Any:
-    """`blockswap.cpu_kernels`, imported on first use: Numba takes about 0.4 s to import."""
-    from . import cpu_kernels
-
-    return cpu_kernels
-
-
-class _FusedBatchNormFn(torch.autograd.Function):
-    """Training-mode BN (optionally followed by ReLU) of an NHWC float32 CPU tensor, by `cpu_kernels`."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, relu: bool
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        cpu_kernels = _cpu_kernels()
-        c = x.shape[1]
-        out = torch.empty_like(x, memory_format=torch.channels_last)
-        weight64 = np.ones(c) if weight is None else weight.detach().double().numpy()
-        bias64 = np.zeros(c) if bias is None else bias.detach().double().numpy()
-        mean, var = cpu_kernels.batch_norm_forward(cpu_kernels.as_rows(x), weight64, bias64, eps, relu,
-                                                   cpu_kernels.as_rows(out))
-        ctx.save_for_backward(x)
-        ctx.stats = (mean, var, weight64, bias64, eps, relu)
-        mean_t, var_t = torch.from_numpy(mean).float(), torch.from_numpy(var).float()
-        ctx.mark_non_differentiable(mean_t, var_t)
-        return out, mean_t, var_t
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
-        cpu_kernels = _cpu_kernels()
-        (x,) = ctx.saved_tensors
-        mean, var, weight64, bias64, eps, relu = ctx.stats
-        grad = grad.contiguous(memory_format=torch.channels_last)
-        gx = torch.empty_like(x, memory_format=torch.channels_last)
-        gw, gb = cpu_kernels.batch_norm_backward(cpu_kernels.as_rows(grad), cpu_kernels.as_rows(x), mean, var,
-                                                 weight64, bias64, eps, relu, cpu_kernels.as_rows(gx))
-        wanted = ctx.needs_input_grad
-        return (gx if wanted[0] else None, torch.from_numpy(gw).float() if wanted[1] else None,
-                torch.from_numpy(gb).float() if wanted[2] else None, None, None)
-
-
-class FusedBatchNorm(nn.Module):
-    """`bn` (then ReLU if `relu`) with `cpu_kernels` on NHWC float32 CPU batches in training mode.
-
-    Shares `bn`'s parameters and running statistics and updates the latter as
-    `nn.BatchNorm2d` does; any other input (eval mode, CUDA, NCHW, other
-    dtypes) goes through `bn` itself.
-    """
-
-    def __init__(self, bn: nn.BatchNorm2d, relu: bool) -> None:
-        super().__init__()
-        self.bn, self.relu = bn, relu
-
-    def forward(self, x: Tensor) -> Tensor:
-        bn = self.bn
-        if not (bn.training and x.dim() == 4 and x.dtype == torch.float32 and x.device.type == "cpu"
-                and x.is_contiguous(memory_format=torch.channels_last) and x.numel() > x.shape[1]):
-            y = bn(x)
-            return F.relu(y) if self.relu else y
-        y, mean, var = _FusedBatchNormFn.apply(x, bn.weight, bn.bias, bn.eps, self.relu)
-        if bn.track_running_stats and bn.running_mean is not None and bn.running_var is not None:
-            factor = bn.momentum
-            if bn.num_batches_tracked is not None:
-                bn.num_batches_tracked.add_(1)
-                if factor is None:
-                    factor = 1.0 / float(bn.num_batches_tracked)
-            count = x.numel() // x.shape[1]
-            with torch.no_grad():
-                bn.running_mean.lerp_(mean, factor)
-                bn.running_var.lerp_(var * (count / (count - 1)), factor)
-        return y
-
-
-@contextmanager
-def fused_batch_norms(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, every `BatchNorm2d` of `model` runs as a `FusedBatchNorm`; restored on exit.
-
-    A BN whose output goes only into a ReLU (`networks.bn_relu_pairs`) absorbs
-    that ReLU, which becomes an identity for the duration.
-    """
-    swaps: list[tuple[nn.Module, str, nn.Module, nn.Module]] = []
-    fused: set[int] = set()
-    for owner, bn_name, relu_name in bn_relu_pairs(model):
-        bn = owner._modules[bn_name]
-        if type(bn) is not nn.BatchNorm2d or type(owner._modules[relu_name]) is not nn.ReLU:
-            continue  # a subclass may do more than the kernels know
-        swaps += [(owner, bn_name, bn, FusedBatchNorm(bn, relu=True)),
-                  (owner, relu_name, owner._modules[relu_name], nn.Identity())]
-        fused.add(id(bn))
-    for owner in list(model.modules()):
-        for name, child in owner._modules.items():
-            if type(child) is nn.BatchNorm2d and id(child) not in fused:
-                swaps.append((owner, name, child, FusedBatchNorm(child, relu=False)))
-    for owner, name, _, new in swaps:
-        setattr(owner, name, new)
-    try:
-        yield model
-    finally:
-        for owner, name, old, _ in reversed(swaps):
-            setattr(owner, name, old)
-
-
 def _probe_potential(activations: Tensor, gradients: Tensor, fused: bool) -> float:
     if fused and activations.dtype == torch.float32 and activations.is_contiguous(memory_format=torch.channels_last):
-        return _cpu_kernels().fisher_potential(activations, gradients)
+        return fisher_potential(activations, gradients)
     return fisher_from_probes(activations, gradients).item()
 
 
@@ -248,12 +145,46 @@ class FastFisherScorer:
         return Score(float(sum(per_block)), tuple(per_block))
 
 
-SCORERS = {"reference": FisherScorer, "fast": FastFisherScorer}
+_REGISTRY: dict[str, Callable[..., Scorer]] = {}
+F_ = TypeVar("F_", bound=Callable[..., Any])
 
 
-def make_scorer(name: str) -> Scorer:
-    """The scorer registered under `name`."""
+def register_scorer(name: str) -> Callable[[F_], F_]:
+    """Register a scorer factory (a class or a function returning a `Scorer`) under `name`.
+
+    `make_scorer(name, **settings)` calls it with the settings a search
+    records; a name that is already registered is refused.
+    """
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_-." for c in name):
+        raise BlockSwapError(f"scorer name {name!r} may hold letters, digits, '_', '-' and '.' only")
+    if name in _REGISTRY:
+        raise BlockSwapError(f"a scorer named {name!r} is already registered")
+
+    def decorate(factory: F_) -> F_:
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorate
+
+
+def scorer_names() -> list[str]:
+    """Every registered scorer name, in registration order."""
+    return list(_REGISTRY)
+
+
+def make_scorer(name: str, settings: dict[str, Any] | None = None) -> Scorer:
+    """The scorer registered under `name`, built with `settings` as keyword arguments."""
     try:
-        return SCORERS[name]()
-    except KeyError:
-        raise BlockSwapError(f"unknown scorer {name!r}; valid choices: {', '.join(SCORERS)}") from None
+        factory = _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise BlockSwapError(
+            f"unknown scorer {name!r}; valid choices: {', '.join(_REGISTRY)} (a plugin may register more)"
+        ) from None
+    try:
+        return factory(**(settings or {}))
+    except TypeError as e:
+        raise BlockSwapError(f"scorer {name!r} does not take settings {settings!r}: {e}") from None
+
+
+register_scorer("reference")(FisherScorer)
+register_scorer("fast")(FastFisherScorer)

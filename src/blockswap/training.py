@@ -12,10 +12,11 @@ on the whole batch there. Each epoch's permutation and augmentation come from
 generators seeded by (seed, epoch[, rank]), so a run resumed from the checkpoint
 written at the end of an epoch replays exactly the batches of an uninterrupted run.
 
-Under torchrun (WORLD_SIZE > 1) every process takes its slice of each global
-batch, DistributedDataParallel averages the gradients (gloo on CPU, nccl on
-CUDA), BN statistics stay per process as in plain DDP, test images are sharded
-and their sums all-reduced, and only rank 0 writes files.
+Given a process group (as `blockswap.distributed.setup_distributed` joins under
+torchrun), every process takes its slice of each global batch,
+DistributedDataParallel averages the gradients (gloo on CPU, nccl on CUDA), BN
+statistics stay per process as in plain DDP, test images are sharded and their
+sums all-reduced, and only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -24,24 +25,27 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as torch_dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .checkpoint import config_changes, load_network, read_checkpoint, save_atomic, write_text_atomic
+from .checkpoint import load_network, read_checkpoint, save_atomic
 from .data import ImageSet, augment, load_cifar10
 from .distill import DistillConfig, LossParts, student_loss
-from .distributed import Distributed, setup_distributed
+from .distributed import Distributed
 from .errors import BlockSwapError
-from .evaluate import test_sums
+from .evaluate import error_sums
 from .genotype import Genotype
 from .networks import BlockNetwork
+from .options import option
+from .outdir import config_changes, read_json, write_json_atomic, write_text_atomic
 from .precision import PRECISIONS, autocast, resolve_precision
 from .pruning import PRUNE_METHODS, Pruner, magnitude_scores, nonzero_params, snip_scores
 
@@ -53,6 +57,7 @@ __all__ = [
     "forward_loss",
     "train_step",
     "make_scheduler",
+    "epoch_order",
     "train",
 ]
 
@@ -61,6 +66,7 @@ STEP_FRACTIONS = (0.3, 0.6, 0.8)  # the paper's epochs 60, 120, 160 of 200
 STEP_GAMMA = 0.2  # the paper divides the learning rate by 5
 LOG_EVERY = 20  # steps between progress updates (and the NaN check, which needs a sync)
 EVAL_BATCH = 500
+_FLAT_DISTILL = ("beta", "kd_alpha", "kd_temperature")  # how earlier versions recorded the distillation settings
 
 
 class TrainingError(BlockSwapError):
@@ -71,36 +77,55 @@ class TrainingError(BlockSwapError):
 class TrainConfig:
     """Everything that determines a training run; saved as config.json in its output folder."""
 
-    genotype: dict[str, Any]  # the network to train, as Genotype.to_dict(); the CLI resolves --model/--all/--random
-    data_dir: str  # folder holding (or to receive) cifar-10-batches-py
-    epochs: int = 200  # the paper's CIFAR-10 recipe
-    batch_size: int = 128  # global minibatch, split across processes; the paper's
-    lr: float = 0.1  # initial learning rate, the paper's
-    momentum: float = 0.9  # SGD momentum (plain, not Nesterov), the paper's
-    weight_decay: float = 5e-4  # the paper's, applied to every parameter as in the published code
-    schedule: str = "cosine"  # the published code's annealing; "step" is the paper's lr/5 at 30/60/80% of epochs
-    teacher: str | None = None  # teacher weight file for distillation; None trains with cross-entropy alone
-    teacher_genotype: dict[str, Any] | None = None  # the teacher's architecture; None reads it from the file
-    beta: float = 1000.0  # attention-transfer weight from the paper (scaled by 3 / points)
-    kd_alpha: float = 0.0  # Hinton KD weight against CE; 0 is the paper's AT-only student
-    kd_temperature: float = 4.0  # KD softmax temperature, the published code's
-    prune: str | None = None  # "l1" (teacher weights) or "snip" (at init): prune before training
-    prune_budget: int | None = None  # non-zero parameters left by pruning
-    train_subset: int | None = None  # train on the first N images only, for quick runs
-    test_subset: int | None = None  # test on the first N images only, for quick runs
-    seed: int = 0  # fixes initial weights, batch order, augmentation and the SNIP batch
-    precision: str = "auto"  # bf16 autocast where the device computes bf16 natively, else fp32
-    channels_last: bool = True  # NHWC is faster for dense convs on CPU and tensor cores
-    cutout: int = 16  # Cutout hole size, the published code's; 0 disables it
+    genotype: dict[str, Any] = field(metadata=option(
+        "the network to train, as Genotype.to_dict(); the CLI resolves --model/--genotype/baselines", cli=False))
+    data_dir: str = field(metadata=option(
+        "folder holding cifar-10-batches-py (downloaded there, MD5-checked, if missing)"))
+    epochs: int = field(default=200, metadata=option("training epochs, the paper's CIFAR-10 recipe"))
+    batch_size: int = field(default=128, metadata=option("global minibatch, split across processes; the paper's"))
+    lr: float = field(default=0.1, metadata=option("initial learning rate, the paper's"))
+    momentum: float = field(default=0.9, metadata=option("SGD momentum (plain, not Nesterov), the paper's"))
+    weight_decay: float = field(default=5e-4, metadata=option(
+        "weight decay on every parameter, as in the published code"))
+    schedule: str = field(default="cosine", metadata=option(
+        "cosine: the published code's annealing; step: the paper's lr/5 at 30%, 60%, 80% of the epochs",
+        choices=SCHEDULES))
+    teacher: str | None = field(default=None, metadata=option(
+        "teacher weight file for distillation; None trains with cross-entropy alone", cli=False))
+    teacher_genotype: dict[str, Any] | None = field(default=None, metadata=option(
+        "the teacher's architecture; None reads it from the teacher file", cli=False))
+    distill: DistillConfig = field(default_factory=DistillConfig, metadata=option(
+        "attention-transfer and KD weights", cli=True))
+    prune: str | None = field(default=None, metadata=option(
+        "l1 (the teacher's trained weights) or snip (at initialisation): prune before training", cli=False))
+    prune_budget: int | None = field(default=None, metadata=option(
+        "non-zero parameters left by pruning", cli=False))
+    train_subset: int | None = field(default=None, metadata=option("train on the first N images only"))
+    test_subset: int | None = field(default=None, metadata=option("test on the first N images only"))
+    seed: int = field(default=0, metadata=option(
+        "fixes initial weights, batch order, augmentation and the SNIP batch"))
+    precision: str = field(default="auto", metadata=option(
+        "auto: bf16 autocast on CUDA and on CPUs with AVX512-BF16/AMX, else fp32", choices=PRECISIONS))
+    channels_last: bool = field(default=True, metadata=option(
+        "keep NCHW tensors (channels_last is faster for dense convs, slower for some grouped ones)"))
+    cutout: int = field(default=16, metadata=option("Cutout hole size, the published code's; 0 disables it"))
+
+    def __post_init__(self) -> None:
+        if isinstance(self.distill, dict):
+            self.distill = DistillConfig(**self.distill)
 
     def validate(self) -> TrainConfig:
         """Raise BlockSwapError naming the first bad setting."""
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
-        for name, value in positive.items():
-            if value <= 0:
-                raise BlockSwapError(f"{name} must be positive, got {value}")
-        if self.momentum < 0 or self.weight_decay < 0:
+        whole = {"epochs": self.epochs, "batch_size": self.batch_size}
+        for name, value in whole.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BlockSwapError(f"{name} must be a positive whole number, got {value!r}")
+        if not 0 < self.lr < math.inf:
+            raise BlockSwapError(f"lr must be positive, got {self.lr}")
+        if not (0 <= self.momentum < math.inf and 0 <= self.weight_decay < math.inf):
             raise BlockSwapError("momentum and weight decay must be non-negative")
+        if isinstance(self.cutout, bool) or not isinstance(self.cutout, int) or not 0 <= self.cutout <= 32:
+            raise BlockSwapError(f"cutout must be a whole number of pixels in [0, 32], got {self.cutout!r}")
         if self.schedule not in SCHEDULES:
             raise BlockSwapError(f"unknown schedule {self.schedule!r}; valid choices: {', '.join(SCHEDULES)}")
         if self.precision not in PRECISIONS:
@@ -115,27 +140,40 @@ class TrainConfig:
                 raise BlockSwapError("L1 pruning prunes trained teacher weights: give the teacher checkpoint")
         for name in ("train_subset", "test_subset"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise BlockSwapError(f"{name} must be positive, got {value}")
-        self.distill()
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise BlockSwapError(f"{name} must be a positive whole number, got {value!r}")
         Genotype.from_dict(self.genotype)
         return self
-
-    def distill(self) -> DistillConfig:
-        return DistillConfig(self.beta, self.kd_alpha, self.kd_temperature)
 
     def pruning(self) -> dict[str, Any] | None:
         """How the network was pruned, as recorded in weight files and final.json."""
         return None if self.prune is None else {"method": self.prune, "budget": self.prune_budget}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """The config saved in config.json."""
+    def from_dict(cls, data: Any) -> TrainConfig:
+        """The config saved in config.json (an earlier version's flat beta/kd_* settings included)."""
+        if not isinstance(data, dict):
+            raise BlockSwapError("a training config must be a JSON object")
+        data = dict(data)
+        flat = {k: data.pop(k) for k in _FLAT_DISTILL if k in data}
+        if flat:
+            data["distill"] = {**flat, **data.get("distill", {})}
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise BlockSwapError(f"unknown training setting(s): {', '.join(unknown)}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise BlockSwapError(f"incomplete training config: {e}") from None
+
+    def record(self) -> dict[str, Any]:
+        """The JSON form config.json holds, with genotypes in their current form (so earlier files compare equal)."""
+        data = json.loads(json.dumps(asdict(self)))
+        for key in ("genotype", "teacher_genotype"):
+            if data[key] is not None:
+                data[key] = Genotype.from_dict(data[key]).to_dict()
+        return data
 
 
 class TapsModule(nn.Module):
@@ -200,14 +238,23 @@ def _generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1)[0]))
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    """The permutation of the n training images that epoch `epoch` of a run seeded `seed` walks through."""
+    return torch.randperm(n, generator=_generator(seed, epoch))
+
+
 def _prepare_out_dir(out: Path, config: TrainConfig, resume: bool, dist: Distributed) -> dict[str, Any] | None:
     """Check the folder belongs to this run (write config.json on rank 0); the checkpoint to resume, if any."""
     config_path, ckpt_path = out / "config.json", out / "checkpoint.pt"
-    wanted = json.loads(json.dumps(asdict(config)))
+    wanted = config.record()
     if config_path.exists() or ckpt_path.exists():
         if not resume:
             raise TrainingError(f"{out} already holds a run: pass --resume to continue it, or use a fresh --out")
-        saved = json.loads(config_path.read_text()) if config_path.exists() else {}
+        saved = read_json(config_path, "training config") if config_path.exists() else {}
+        try:
+            saved = TrainConfig.from_dict(saved).record()
+        except BlockSwapError:
+            pass  # compared as it is: the changes name what differs
         changes = config_changes(saved, wanted)
         if changes:
             raise TrainingError(f"{out} holds a different run ({changes}); resume it with its own settings")
@@ -216,18 +263,14 @@ def _prepare_out_dir(out: Path, config: TrainConfig, resume: bool, dist: Distrib
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if not config_path.exists():
-            write_text_atomic(config_path, json.dumps(wanted, indent=2) + "\n")
+            write_json_atomic(config_path, wanted)
     return checkpoint
 
 
 def _load_data(config: TrainConfig, dist: Distributed) -> tuple[ImageSet, ImageSet]:
     """This process's training set (all of it: batches are sliced per step) and its shard of the test set."""
-    if not dist.is_main:  # rank 0 downloads a missing data set first; the others then read it
-        dist.barrier()
-    train_set = load_cifar10(config.data_dir, train=True)
-    test_set = load_cifar10(config.data_dir, train=False)
-    if dist.is_main:
-        dist.barrier()
+    train_set, test_set = dist.rank0_first(lambda: (load_cifar10(config.data_dir, train=True),
+                                                    load_cifar10(config.data_dir, train=False)))
     if config.train_subset is not None:
         train_set = train_set.subset(config.train_subset)
     if config.test_subset is not None:
@@ -269,6 +312,8 @@ def _prune(
     train_set: ImageSet,
 ) -> Pruner:
     """Prune `net` to the budget: magnitude of the teacher's weights (L1), or SNIP on one seeded batch."""
+    if config.prune_budget is None:
+        raise BlockSwapError("pruning needs a budget of non-zero parameters")
     if config.prune == "l1":
         if teacher is None or teacher[1] != genotype:
             raise BlockSwapError("L1 pruning starts from the teacher's weights: the network must be the teacher's")
@@ -280,40 +325,35 @@ def _prune(
     return Pruner.to_budget(net, scores, config.prune_budget)
 
 
-def _weights_payload(net: BlockNetwork, genotype: Genotype, config: TrainConfig, row: dict[str, Any]) -> dict[str, Any]:
-    return {"genotype": genotype.to_dict(), "state_dict": net.state_dict(), "epoch": row["epoch"],
-            "test_error_pct": row["test_error_pct"], "pruning": config.pruning()}
+@dataclass
+class _Run:
+    """Everything one training run carries from epoch to epoch."""
+
+    config: TrainConfig
+    out: Path
+    dist: Distributed
+    genotype: Genotype
+    net: BlockNetwork
+    model: nn.Module  # what the optimiser steps through: the taps wrapper, under DDP when there are several ranks
+    teacher: BlockNetwork | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    pruner: Pruner | None
+    train_set: ImageSet
+    test_shard: ImageSet
+    precision: str
+    memory_format: torch.memory_format
+    progress: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def weights(self, row: dict[str, Any]) -> dict[str, Any]:
+        """What best.pt and last.pt hold: the genotype, the weights, and the epoch's error."""
+        return {"genotype": self.genotype.to_dict(), "state_dict": self.net.state_dict(), "epoch": row["epoch"],
+                "test_error_pct": row["test_error_pct"], "pruning": self.config.pruning()}
 
 
-def train(
-    config: TrainConfig,
-    out_dir: str | Path,
-    resume: bool = False,
-    device: torch.device | None = None,
-    progress: bool = True,
-    on_epoch: Callable[[dict[str, Any], BlockNetwork], None] | None = None,
-) -> dict[str, Any]:
-    """Train `config.genotype` into `out_dir` and return what final.json holds.
-
-    With `resume`, an output folder holding this run continues from its last
-    checkpoint. `on_epoch(row, network)` is called after each epoch's files are written.
-    """
-    config.validate()
-    dist = setup_distributed(device)
-    try:
-        return _train(config, Path(out_dir), resume, dist, progress, on_epoch)
-    finally:
-        dist.close()
-
-
-def _train(
-    config: TrainConfig,
-    out: Path,
-    resume: bool,
-    dist: Distributed,
-    progress: bool,
-    on_epoch: Callable[[dict[str, Any], BlockNetwork], None] | None,
-) -> dict[str, Any]:
+def _start(config: TrainConfig, out: Path, resume: bool, dist: Distributed, progress: bool) -> _Run:
+    """Set up the run: a fresh network (pruned if asked), or the state of the folder's checkpoint."""
     device = dist.device
     if config.batch_size % dist.world:
         raise BlockSwapError(f"batch size {config.batch_size} does not split evenly over {dist.world} processes")
@@ -342,97 +382,114 @@ def _train(
             pruner = Pruner({name: mask.to(device) for name, mask in checkpoint["masks"].items()})
     model: nn.Module = TapsModule(net)
     if dist.world > 1:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                        process_group=dist.group)
+    return _Run(config, out, dist, genotype, net, model, None if teacher is None else teacher[0], optimizer,
+                scheduler, pruner, train_set, test_shard, precision, memory_format, progress, history)
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    device: torch.device | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, Any], BlockNetwork], None] | None = None,
+    group: torch_dist.ProcessGroup | None = None,
+) -> dict[str, Any]:
+    """Train `config.genotype` into `out_dir` and return what final.json holds.
+
+    With `resume`, an output folder holding this run continues from its last
+    checkpoint. `on_epoch(row, network)` is called after each epoch's files are
+    written. With a `torch.distributed` `group` (as `setup_distributed` joins
+    under torchrun), the run is data-parallel over its processes on `device`.
+    """
+    config.validate()
+    dist = Distributed.of(group, device)
+    run = _start(config, Path(out_dir), resume, dist, progress)
     if dist.is_main:  # exactly the checkpoint's epochs: drops a row written after the last checkpoint
-        write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
-
-    distill = config.distill()
-    teacher_net = None if teacher is None else teacher[0]
-    for epoch in range(len(history), config.epochs):
-        start = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        model.train()
-        sums = _train_epoch(model, net, teacher_net, pruner, optimizer, train_set, config, distill, precision,
-                            memory_format, epoch, dist, progress, out, len(history))
-        train_seconds = time.perf_counter() - start
-        dist.broadcast_buffers(net)
-        test = dist.all_reduce_sum(test_sums(net, test_shard, EVAL_BATCH, precision, config.channels_last))
-        scheduler.step()
-        n = float(sums[-1])
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(sums[0]) / n,
-               "train_ce": float(sums[1]) / n, "train_at": float(sums[2]) / n, "train_kd": float(sums[3]) / n,
-               "train_error_pct": 100.0 * float(sums[4]) / n, "test_loss": float(test[0] / test[2]),
-               "test_error_pct": 100.0 * float(test[1] / test[2]), "seconds": time.perf_counter() - start,
-               "train_images_per_s": n / train_seconds}
-        best = min(history, key=lambda r: r["test_error_pct"], default=None)
-        history.append(row)
-        if dist.is_main:
-            weights = _weights_payload(net, genotype, config, row)
-            save_atomic({**weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "history": history, "torch_rng": torch.get_rng_state(),
-                         "masks": None if pruner is None else pruner.state_dict()}, out / "checkpoint.pt")
-            if best is None or row["test_error_pct"] < best["test_error_pct"]:
-                save_atomic(weights, out / "best.pt")
-            with (out / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            if progress:
-                tqdm.write(f"epoch {epoch + 1}/{config.epochs}  lr {lr:.4g}  train loss {row['train_loss']:.4f}  "
-                           f"train err {row['train_error_pct']:.2f}%  test err {row['test_error_pct']:.2f}%  "
-                           f"{row['train_images_per_s']:.0f} img/s")
+        write_text_atomic(run.out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in run.history))
+    for epoch in range(len(run.history), config.epochs):
+        row = _epoch(run, epoch)
         if on_epoch is not None:
-            on_epoch(row, net)
+            on_epoch(row, run.net)
+    return _finish(run)
 
+
+def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
+    """Train and test one epoch, then write its files (rank 0); returns its metrics row."""
+    config, dist = run.config, run.dist
+    start = time.perf_counter()
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.model.train()
+    sums = _train_epoch(run, epoch)
+    train_seconds = time.perf_counter() - start
+    dist.broadcast_buffers(run.net)
+    test = dist.all_reduce_sum(error_sums(run.net, run.test_shard, EVAL_BATCH, run.precision, config.channels_last))
+    run.scheduler.step()
+    n = float(sums[-1])
+    row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(sums[0]) / n,
+           "train_ce": float(sums[1]) / n, "train_at": float(sums[2]) / n, "train_kd": float(sums[3]) / n,
+           "train_error_pct": 100.0 * float(sums[4]) / n, "test_loss": float(test[0] / test[2]),
+           "test_error_pct": 100.0 * float(test[1] / test[2]), "seconds": time.perf_counter() - start,
+           "train_images_per_s": n / train_seconds}
+    best = min(run.history, key=lambda r: r["test_error_pct"], default=None)
+    run.history.append(row)
+    if dist.is_main:
+        weights = run.weights(row)
+        save_atomic({**weights, "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                     "history": run.history, "torch_rng": torch.get_rng_state(),
+                     "masks": None if run.pruner is None else run.pruner.state_dict()}, run.out / "checkpoint.pt")
+        if best is None or row["test_error_pct"] < best["test_error_pct"]:
+            save_atomic(weights, run.out / "best.pt")
+        with (run.out / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if run.progress:
+            tqdm.write(f"epoch {epoch + 1}/{config.epochs}  lr {lr:.4g}  train loss {row['train_loss']:.4f}  "
+                       f"train err {row['train_error_pct']:.2f}%  test err {row['test_error_pct']:.2f}%  "
+                       f"{row['train_images_per_s']:.0f} img/s")
+    return row
+
+
+def _finish(run: _Run) -> dict[str, Any]:
+    """Write last.pt and final.json (rank 0) and return final.json's content."""
+    history, config = run.history, run.config
     last = history[-1]
     best = min(history, key=lambda r: r["test_error_pct"])
     final = {"test_error_pct": last["test_error_pct"], "test_loss": last["test_loss"],
              "best_test_error_pct": best["test_error_pct"], "best_epoch": best["epoch"],
-             "params": nonzero_params(net), "macs": genotype.macs(), "epochs": config.epochs,
-             "seconds": sum(r["seconds"] for r in history), "model": genotype.backbone.name,
-             "blocks": list(genotype.blocks), "teacher": config.teacher,
+             "params": nonzero_params(run.net), "macs": run.genotype.macs(), "epochs": config.epochs,
+             "seconds": sum(r["seconds"] for r in history), "model": run.genotype.backbone.name,
+             "blocks": list(run.genotype.blocks), "teacher": config.teacher,
              "pruning": config.pruning(),
-             "processes": dist.world, "device": device.type, "precision": precision}
-    if dist.is_main:
-        save_atomic(_weights_payload(net, genotype, config, last), out / "last.pt")
-        write_text_atomic(out / "final.json", json.dumps(final, indent=2) + "\n")
-    dist.barrier()
+             "processes": run.dist.world, "device": run.dist.device.type, "precision": run.precision}
+    if run.dist.is_main:
+        save_atomic(run.weights(last), run.out / "last.pt")
+        write_json_atomic(run.out / "final.json", final)
+    run.dist.barrier()
     return final
 
 
-def _train_epoch(
-    model: nn.Module,
-    net: BlockNetwork,
-    teacher: BlockNetwork | None,
-    pruner: Pruner | None,
-    optimizer: torch.optim.Optimizer,
-    train_set: ImageSet,
-    config: TrainConfig,
-    distill: DistillConfig,
-    precision: str,
-    memory_format: torch.memory_format,
-    epoch: int,
-    dist: Distributed,
-    progress: bool,
-    out: Path,
-    epochs_done: int,
-) -> Tensor:
+def _train_epoch(run: _Run, epoch: int) -> Tensor:
     """One pass over the training set; returns [loss, ce, at, kd, errors, images] summed over processes."""
+    config, dist = run.config, run.dist
     device = dist.device
     global_batch, local_batch = config.batch_size, config.batch_size // dist.world
-    steps = len(train_set) // global_batch  # the last partial batch is dropped (a new one each epoch)
-    order = torch.randperm(len(train_set), generator=_generator(config.seed, epoch)).to(device)
+    steps = len(run.train_set) // global_batch  # the last partial batch is dropped (a new one each epoch)
+    order = epoch_order(len(run.train_set), config.seed, epoch).to(device)
     aug = _generator(config.seed, epoch, dist.rank)
     sums = torch.zeros(6, dtype=torch.float64, device=device)
     bar = tqdm(total=steps * global_batch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="img", unit_scale=True,
-               disable=not (progress and dist.is_main), dynamic_ncols=True, leave=False)
+               disable=not (run.progress and dist.is_main), dynamic_ncols=True, leave=False)
     with bar:
         for step in range(steps):
             first = step * global_batch + dist.rank * local_batch
             idx = order[first : first + local_batch]
-            x = augment(train_set.images[idx], aug, cutout=config.cutout).contiguous(memory_format=memory_format)
-            y = train_set.labels[idx]
-            parts, logits = train_step(model, teacher, optimizer, x, y, distill, precision)
-            if pruner is not None:
-                pruner.apply(net)
+            images = augment(run.train_set.images[idx], aug, cutout=config.cutout)
+            x, y = images.contiguous(memory_format=run.memory_format), run.train_set.labels[idx]
+            parts, logits = train_step(run.model, run.teacher, run.optimizer, x, y, config.distill, run.precision)
+            if run.pruner is not None:
+                run.pruner.apply(run.net)
             with torch.no_grad():
                 errors = (logits.argmax(1) != y).sum()
                 sums += torch.stack([parts.total.detach() * len(y), parts.ce * len(y), parts.attention * len(y),
@@ -442,9 +499,9 @@ def _train_epoch(
                 seen = dist.all_reduce_sum(sums.clone())
                 loss = float(seen[0] / seen[-1])
                 if not math.isfinite(loss):
-                    kept = (f"{out / 'checkpoint.pt'} keeps epoch {epochs_done}" if epochs_done
+                    kept = (f"{run.out / 'checkpoint.pt'} keeps epoch {len(run.history)}" if run.history
                             else "no checkpoint was written")
-                    hint = "a lower --lr or --precision fp32" if precision == "bf16" else "a lower --lr"
+                    hint = "a lower --lr or --precision fp32" if run.precision == "bf16" else "a lower --lr"
                     raise TrainingError(f"training loss became {loss} in epoch {epoch + 1} (by step {step + 1}); "
                                         f"stopped, {kept}; try {hint}")
                 bar.set_postfix(loss=f"{loss:.3f}", err=f"{100 * float(seen[4] / seen[-1]):.1f}%")

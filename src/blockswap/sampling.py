@@ -10,49 +10,22 @@ seed always gives the same candidates.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
-from .blocks import DEFAULT_PALETTE, Palette
-from .errors import BlockSwapError
+from .backbones import Backbone
+from .blocks import DEFAULT_PALETTE, Palette, block_type
+from .counts import BudgetError, format_count
 from .genotype import Genotype
-from .networks import Backbone
+from .networks import fixed_costs
 
-__all__ = ["BudgetError", "CostTable", "parse_budget", "format_count", "sample_genotypes"]
+__all__ = ["DEFAULT_TOLERANCE", "CostTable", "sample_genotypes"]
 
-_SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
+DEFAULT_TOLERANCE = 0.025  # the published window: |params - budget| < 2.5% of the budget
 _CHUNK = 2_048
 _MAX_DRAWS = 2_000_000
 _MAX_BINS = 50_000
-
-
-class BudgetError(BlockSwapError):
-    """A budget that cannot be parsed or reached."""
-
-
-def parse_budget(text: str | int | float) -> int:
-    """Parse `400k`, `1.6M`, `400000` or `4e5` into a parameter count."""
-    if isinstance(text, (int, float)):
-        value = float(text)
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmg]?)\s*", text.lower())
-        if not m:
-            raise BudgetError(f"cannot parse budget {text!r}; use e.g. 400k, 1.6M or 400000")
-        value = float(m[1]) * _SUFFIX[m[2]]
-    if value <= 0:
-        raise BudgetError(f"budget must be positive, got {text!r}")
-    return int(round(value))
-
-
-def format_count(n: float) -> str:
-    """404250 -> '404.2K', 2243546 -> '2.24M'."""
-    if n >= 1e6:
-        return f"{n / 1e6:.2f}M"
-    if n >= 1e3:
-        return f"{n / 1e3:.1f}K"
-    return str(int(n))
 
 
 @dataclass(frozen=True)
@@ -66,6 +39,10 @@ class CostTable:
 
     @classmethod
     def build(cls, backbone: Backbone, palette: Palette = DEFAULT_PALETTE) -> CostTable:
+        """The table for every slot of `backbone` and every type of `palette` (each must be registered)."""
+        for name, kind in palette.items():
+            if block_type(name) != kind:
+                raise BudgetError(f"palette type {name!r} differs from the block type registered under that name")
         post = backbone.post_activation
         shapes = backbone.block_shapes()
         table = np.full((len(shapes), len(palette)), -1, dtype=np.int64)
@@ -77,7 +54,7 @@ class CostTable:
         empty = np.flatnonzero((table < 0).all(axis=1))
         if empty.size:
             raise BudgetError(f"no palette type can be built at block slot(s) {empty.tolist()} of {backbone.name}")
-        return cls(backbone, tuple(palette.names), table, backbone.fixed_params())
+        return cls(backbone, tuple(palette.names), table, fixed_costs(backbone).params)
 
     @property
     def min_params(self) -> int:
@@ -101,7 +78,7 @@ def sample_genotypes(
     backbone: Backbone,
     budget: int,
     n: int,
-    tolerance: float = 0.025,
+    tolerance: float = DEFAULT_TOLERANCE,
     seed: int = 0,
     palette: Palette = DEFAULT_PALETTE,
 ) -> list[Genotype]:

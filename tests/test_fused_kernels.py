@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from blockswap import cpu_kernels
+from blockswap.fused import kernels as cpu_kernels
 from blockswap.scoring import fisher_from_probes
 
 CL = torch.channels_last

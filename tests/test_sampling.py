@@ -9,8 +9,9 @@ import pytest
 from scipy import stats
 
 from blockswap.blocks import DEFAULT_PALETTE
-from blockswap.budget import BudgetError, CostTable, parse_budget, sample_genotypes
-from blockswap.networks import Backbone
+from blockswap.counts import BudgetError, parse_budget
+from blockswap.sampling import CostTable, sample_genotypes
+from blockswap.backbones import Backbone
 
 WRN = Backbone.from_name("wrn-40-2")
 
@@ -73,7 +74,7 @@ def test_restricted_palette_only_uses_its_types() -> None:
     palette = DEFAULT_PALETTE.families("B")
     genotypes = sample_genotypes(WRN, 200_000, 100, palette=palette)
     assert {b for g in genotypes for b in g.blocks} <= set(palette.names)
-    assert all(abs(g.params(palette) - 200_000) < 5_000 for g in genotypes)
+    assert all(abs(g.params() - 200_000) < 5_000 for g in genotypes)
 
 
 def test_invalid_types_are_never_sampled_where_they_cannot_be_built() -> None:

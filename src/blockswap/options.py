@@ -1,0 +1,120 @@
+"""Config dataclasses as the one source of every default: command-line options derived from their fields.
+
+A field declares its help text with `option(...)`; `add_options` turns each
+field into an argparse option whose default, type and "(default: X)" come from
+the field itself, and `values` collects them back into constructor keyword
+arguments (nested config dataclasses included), so the CLI cannot drift from
+the Python API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any
+
+__all__ = ["option", "add_options", "values", "field_default"]
+
+
+def option(
+    help: str,
+    *,
+    parse: Callable[[str], Any] | None = None,
+    choices: Iterable[str] | Callable[[], Iterable[str]] | None = None,
+    metavar: str | None = None,
+    cli: bool = True,
+) -> dict[str, Any]:
+    """Field metadata: help text, an optional parser for the option's text, choices, and whether the CLI shows it."""
+    return {"help": help, "parse": parse, "choices": choices, "metavar": metavar, "cli": cli}
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    """A field's default value (calling its default factory); MISSING when it has none."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _base_type(hint: Any) -> Any:
+    """`int | None` -> int; other hints unchanged."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else str
+    return hint
+
+
+def _fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    hints = typing.get_type_hints(cls)
+    return [(f, hints[f.name]) for f in dataclasses.fields(cls)]
+
+
+def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """`parse` with its BlockSwapError shown by argparse as the option's error (argparse hides ValueError text)."""
+    from .errors import BlockSwapError
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except BlockSwapError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
+
+
+def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,
+                skip: Iterable[str] = ()) -> None:
+    """An option per CLI field of dataclass `cls` (recursing into nested config dataclasses), except `skip`."""
+    skipped = set(skip)
+    for f, hint in _fields(cls):
+        meta = f.metadata
+        if f.name in skipped or not meta.get("cli", False):
+            continue
+        kind = _base_type(hint)
+        if dataclasses.is_dataclass(kind):
+            add_options(parser, kind, skipped)
+            continue
+        default = field_default(f)
+        flag = "--" + f.name.replace("_", "-")
+        text = meta["help"]
+        if kind is bool:
+            if default is True:
+                parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
+                                    help=text)
+            else:
+                parser.add_argument(flag, dest=f.name, action="store_true", help=text)
+            continue
+        choices = meta.get("choices")
+        if callable(choices):
+            choices = list(choices())
+        kwargs: dict[str, Any] = {"dest": f.name, "type": _argparse_type(meta.get("parse") or kind),
+                                  "metavar": meta.get("metavar")}
+        if choices is not None:
+            kwargs["choices"] = list(choices)
+        if default is dataclasses.MISSING:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = default
+            if default is not None:
+                text = f"{text} (default: {default})"
+        parser.add_argument(flag, help=text.replace("%", "%%"), **kwargs)
+
+
+def values(args: argparse.Namespace, cls: type, skip: Iterable[str] = ()) -> dict[str, Any]:
+    """Keyword arguments for `cls` from the options `add_options(parser, cls, skip)` added."""
+    skipped = set(skip)
+    out: dict[str, Any] = {}
+    for f, hint in _fields(cls):
+        if f.name in skipped or not f.metadata.get("cli", False):
+            continue
+        kind = _base_type(hint)
+        if dataclasses.is_dataclass(kind):
+            out[f.name] = kind(**values(args, kind, skipped))
+        elif hasattr(args, f.name):
+            out[f.name] = getattr(args, f.name)
+    return out

@@ -1,0 +1,139 @@
+"""The scoring worker pool: spawned processes that build and score candidates, started once per search.
+
+Each worker receives the probe batch, the search seed, the scorer and the
+user-registered block types once (so a type registered in the parent resolves
+in the child too), then builds and scores one candidate per job. Ctrl-C is the
+parent's to handle; the workers ignore it and are shut down by the parent.
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.multiprocessing as mp
+from torch import Tensor, nn
+
+from .blocks import DEFAULT_PALETTE, BlockType, register_block_type, registered_block_types
+from .errors import BlockSwapError
+from .genotype import Genotype
+from .scoring import Score, Scorer
+
+__all__ = ["candidate_seed", "build_candidate", "score_genotype", "ScoringPool", "score_all"]
+
+
+def candidate_seed(seed: int, index: int) -> int:
+    """The torch seed for candidate `index`'s initial weights."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def build_candidate(genotype: Genotype, seed: int, index: int) -> nn.Module:
+    """Candidate `index`'s network with its reproducible initial weights; global RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(candidate_seed(seed, index))
+        return genotype.build()
+
+
+def score_genotype(genotype: Genotype, index: int, seed: int, batch: tuple[Tensor, Tensor], scorer: Scorer) -> Score:
+    """Build candidate `index` with its seed on the batch's device and score it."""
+    model = build_candidate(genotype, seed, index).to(batch[0].device)
+    return scorer(model, batch)
+
+
+@dataclass
+class _WorkerState:
+    """What every job of a search shares, kept once per pool process."""
+
+    batch: tuple[Tensor, Tensor]
+    seed: int
+    scorer: Scorer
+
+
+_worker: _WorkerState | None = None
+
+
+def _init_worker(batch: tuple[Tensor, Tensor], device: str, seed: int, scorer: Scorer,
+                 user_types: list[BlockType], threads: int) -> None:
+    """Runs once in each pool process: register the parent's user block types, keep the shared inputs."""
+    global _worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+    for block in user_types:
+        register_block_type(block)
+    _worker = _WorkerState((batch[0].to(device), batch[1].to(device)), seed, scorer)
+
+
+def _score_in_worker(index: int, genotype: Genotype) -> tuple[int, Score]:
+    w = _worker
+    if w is None:
+        raise RuntimeError("_score_in_worker runs only in a ScoringPool process")
+    return index, score_genotype(genotype, index, w.seed, w.batch, w.scorer)
+
+
+def _picklable(obj: object, what: str) -> object:
+    try:
+        pickle.dumps(obj)
+    except (pickle.PicklingError, AttributeError, TypeError) as e:
+        raise BlockSwapError(f"the {what} cannot be sent to worker processes ({e}); use workers=1") from None
+    return obj
+
+
+def _user_block_types() -> list[BlockType]:
+    """The registered types that are not published ones: what a fresh process would lack."""
+    return [t for name, t in registered_block_types().items() if name not in DEFAULT_PALETTE]
+
+
+class ScoringPool:
+    """Spawned worker processes that build and score candidates; started once, reused for many jobs.
+
+    Each worker runs `threads` torch threads (default: this process's threads
+    split evenly, i.e. one each when there are as many workers as cores).
+    """
+
+    def __init__(self, workers: int, batch: tuple[Tensor, Tensor], seed: int, scorer: Scorer,
+                 threads: int | None = None) -> None:
+        threads = threads or max(1, torch.get_num_threads() // workers)
+        user_types = _picklable(_user_block_types(), "registered block types")
+        self._pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=mp.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=((batch[0].cpu(), batch[1].cpu()), str(batch[0].device), seed, _picklable(scorer, "scorer"),
+                      user_types, threads),
+        )
+
+    def score(self, jobs: Iterable[tuple[int, Genotype]]) -> Iterator[tuple[int, Score]]:
+        """(index, score) for each (index, genotype) job, in completion order."""
+        futures = [self._pool.submit(_score_in_worker, i, g) for i, g in jobs]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+
+    def close(self) -> None:
+        """Drop queued jobs, wait for running ones, end the workers."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> ScoringPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def score_all(jobs: list[tuple[int, Genotype]], seed: int, batch: tuple[Tensor, Tensor], scorer: Scorer,
+              workers: int) -> Iterator[tuple[int, Score]]:
+    """(index, score) for every (index, genotype) job, in completion order; `workers` > 1 uses a process pool."""
+    if workers <= 1:
+        for i, g in jobs:
+            yield i, score_genotype(g, i, seed, batch, scorer)
+        return
+    with ScoringPool(workers, batch, seed, scorer) as pool:
+        yield from pool.score(jobs)
