@@ -30,7 +30,7 @@ import torch
 from scipy.stats import spearmanr
 
 import blockswap as bs
-from blockswap.budget import format_count
+from blockswap.counts import format_count
 from blockswap.cli import _positive_int
 from blockswap.data import probe_images
 from blockswap.workers import ScoringPool, score_genotype

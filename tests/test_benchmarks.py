@@ -17,6 +17,8 @@ import blockswap as bs
 from blockswap.data import probe_images
 from blockswap.workers import build_candidate
 
+pytestmark = pytest.mark.slow  # `pytest -m "not slow"` skips them; `.ci/run` runs everything
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SMALL = ["--model", "wrn-16-1", "--budget", "50k", "--json"]
 

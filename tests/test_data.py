@@ -76,6 +76,27 @@ def test_augment_is_crop_flip_cutout() -> None:
         assert found, f"image {i} is not a crop/flip of its input"
 
 
+def test_augment_flips_about_half_and_varies_the_crop() -> None:
+    n = 1000
+    images = torch.randint(1, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    out = augment(images, torch.Generator().manual_seed(3), cutout=0)
+    padded = torch.nn.functional.pad(normalize(images), (4, 4, 4, 4))
+    padded = torch.where(padded == 0, normalize(torch.zeros(1, 3, 1, 1, dtype=torch.uint8)), padded)
+    window = torch.full((n,), -1)
+    flipped = torch.zeros(n, dtype=torch.bool)
+    for dy in range(9):
+        for dx in range(9):
+            crop = padded[:, :, dy:dy + 32, dx:dx + 32]
+            plain = (out == crop).flatten(1).all(1)
+            mirror = (out == crop.flip(3)).flatten(1).all(1)
+            window[plain | mirror] = dy * 9 + dx
+            flipped |= mirror
+    assert (window >= 0).all(), "every output is a crop of its padded input, mirrored or not"
+    assert 0.45 < flipped.float().mean() < 0.55  # p = 0.5: 1000 draws land here unless flips are broken
+    counts = torch.bincount(window, minlength=81)
+    assert (counts > 0).all() and counts.max() < 3 * n / 81  # all 81 offsets, none dominant
+
+
 def test_cutout_zeroes_one_square_hole_at_most_16() -> None:
     images = _batch(64)
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)

@@ -13,7 +13,7 @@ from blockswap import Backbone, Genotype
 from blockswap.checkpoint import CheckpointError, read_checkpoint
 from blockswap.cli import main
 from blockswap.data import DataError
-from blockswap.training import TrainConfig, TrainingError, make_scheduler, train
+from blockswap.training import TrainConfig, TrainingError, epoch_order, make_scheduler, train
 
 WRN10 = Backbone.from_name("wrn-10-1")
 
@@ -141,6 +141,23 @@ def test_missing_data_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFix
                  "--out", str(tmp_path / "out2")])
     assert code == 2
     assert "CIFAR-10 not found" in capsys.readouterr().err
+
+
+def test_each_epoch_walks_a_new_permutation(cifar_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import blockswap.training as training
+
+    orders: dict[int, torch.Tensor] = {}
+
+    def spy(n: int, seed: int, epoch: int) -> torch.Tensor:
+        orders[epoch] = epoch_order(n, seed, epoch)
+        return orders[epoch]
+
+    monkeypatch.setattr(training, "epoch_order", spy)
+    train(_config(cifar_root, epochs=3, precision="fp32"), tmp_path, progress=False)
+    assert sorted(orders) == [0, 1, 2]
+    assert all(sorted(o.tolist()) == list(range(128)) for o in orders.values())
+    assert not torch.equal(orders[0], orders[1]) and not torch.equal(orders[1], orders[2])
+    assert torch.equal(epoch_order(128, 0, 1), orders[1])  # seeded by (seed, epoch): a resumed run replays it
 
 
 def test_step_schedule_divides_by_five_at_30_60_80_percent() -> None:
