@@ -103,7 +103,7 @@ class FastFisherScorer:
     - With `channels_last` (default), activations are NHWC, where oneDNN's
       convolutions run several times faster on CPU, and on CPU every batch
       norm (with the ReLU after it) and the Fisher sums run as fused kernels
-      (`cpu_kernels`, statistics in float64), so values stay within fp32 noise
+      (`blockswap.fused`, statistics in float64), so values stay within fp32 noise
       of the reference (about 1e-3 relative per block on WRN-40-2, the
       reference's own distance from fp64). `channels_last=False` gives the
       reference's values exactly.
