@@ -20,6 +20,7 @@ writes the merged `candidates.csv` and `best.json`.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -86,8 +87,12 @@ class SearchConfig:
             raise BlockSwapError(f"seed must be a whole number in [0, 2**63), got {self.seed!r}")
         if not isinstance(self.tolerance, (int, float)) or not 0 < self.tolerance < 1:
             raise BlockSwapError(f"tolerance must be a fraction in (0, 1), got {self.tolerance!r}")
+        try:
+            json.dumps(self.scorer_settings, allow_nan=False)
+        except (TypeError, ValueError):
+            raise BlockSwapError(f"scorer_settings must be a dict of JSON values, got {self.scorer_settings!r}") from None
         if not isinstance(self.scorer_settings, dict):
-            raise BlockSwapError(f"scorer_settings must be a dict, got {self.scorer_settings!r}")
+            raise BlockSwapError(f"scorer_settings must be a dict of JSON values, got {self.scorer_settings!r}")
         if self.palette is not None:
             self.palette = list(self.palette)
             self.palette_types()
