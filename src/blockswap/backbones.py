@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from .blocks import conv_out_size
 from .errors import BlockSwapError
+from .options import from_record
 
 __all__ = [
     "Backbone",
@@ -151,16 +152,7 @@ class Backbone:
     @classmethod
     def from_dict(cls, data: Any) -> Backbone:
         """The spec `to_dict` wrote; raise BlockSwapError naming a missing or unknown field."""
-        if not isinstance(data, dict):
-            raise BlockSwapError("a backbone spec must be a JSON object")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise BlockSwapError(f"unknown backbone field(s): {', '.join(unknown)}")
-        try:
-            return cls(**data)
-        except TypeError as e:
-            raise BlockSwapError(f"incomplete backbone spec: {e}") from None
+        return from_record(cls, data, "backbone spec")
 
 
 BackboneFactory = Callable[..., Backbone]

@@ -14,9 +14,11 @@ import dataclasses
 import types
 import typing
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["option", "add_options", "values", "field_default"]
+T = TypeVar("T")
+
+__all__ = ["option", "add_options", "values", "field_default", "from_record"]
 
 
 def option(
@@ -118,3 +120,18 @@ def values(args: argparse.Namespace, cls: type, skip: Iterable[str] = ()) -> dic
         elif hasattr(args, f.name):
             out[f.name] = getattr(args, f.name)
     return out
+
+
+def from_record(cls: type[T], data: Any, what: str) -> T:
+    """Dataclass `cls` from a JSON object, naming `what` it is when the object is not one, has unknown or lacks fields."""
+    from .errors import BlockSwapError
+
+    if not isinstance(data, dict):
+        raise BlockSwapError(f"a {what} must be a JSON object")
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise BlockSwapError(f"unknown {what} field(s): {', '.join(unknown)}")
+    try:
+        return cls(**data)
+    except TypeError as e:
+        raise BlockSwapError(f"incomplete {what}: {e}") from None

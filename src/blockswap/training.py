@@ -25,7 +25,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from .errors import BlockSwapError
 from .evaluate import error_sums
 from .genotype import Genotype
 from .networks import BlockNetwork
-from .options import option
+from .options import from_record, option
 from .outdir import config_changes, read_json, write_json_atomic, write_text_atomic
 from .precision import PRECISIONS, autocast, resolve_precision
 from .pruning import PRUNE_METHODS, Pruner, magnitude_scores, nonzero_params, snip_scores
@@ -158,14 +158,7 @@ class TrainConfig:
         flat = {k: data.pop(k) for k in _FLAT_DISTILL if k in data}
         if flat:
             data["distill"] = {**flat, **data.get("distill", {})}
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise BlockSwapError(f"unknown training setting(s): {', '.join(unknown)}")
-        try:
-            return cls(**data)
-        except TypeError as e:
-            raise BlockSwapError(f"incomplete training config: {e}") from None
+        return from_record(cls, data, "training config")
 
     def record(self) -> dict[str, Any]:
         """The JSON form config.json holds, with genotypes in their current form (so earlier files compare equal)."""
