@@ -171,6 +171,39 @@ def test_corrupt_batch_is_reported(tmp_path: Path) -> None:
         load_cifar10(tmp_path, train=False, download=False)
 
 
+class _Payload:
+    """Unpickling this runs os.system: what a crafted batch file would do under a plain pickle.load."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("content", ["payload", "wrong-type", "wrong-shape"])
+def test_batch_files_never_run_code_and_wrong_content_is_refused(tmp_path: Path, content: str) -> None:
+    import pickle
+
+    import numpy as np
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    marker = tmp_path / "pwned"
+    batch = {
+        "payload": {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1], "evil": _Payload(marker)},
+        "wrong-type": [1, 2, 3],
+        "wrong-shape": {"data": np.zeros((2, 100), np.uint8), "labels": [0, 1]},
+    }[content]
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(DataError, match="cannot read CIFAR-10 batch .*test_batch"):
+        load_cifar10(tmp_path, train=False, download=False)
+    assert not marker.exists()
+
+
 def test_missing_folder_downloads_from_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """load_cifar10 fetches a missing set (here from a local mirror with the expected MD5) before reading it."""
     archive = tmp_path / "mirror.tar.gz"

@@ -1,7 +1,8 @@
 """CIFAR-10: reading the standard python layout, downloading it, and batch augmentation.
 
 Layout and pickles as in SPEC section 7 (`cifar-10-batches-py/`, pickle with
-latin1). Images stay uint8 tensors (N x 3 x 32 x 32) until a batch is taken;
+latin1), read by an unpickler that admits only NumPy's array rebuilding, so a
+crafted batch file cannot run code. Images stay uint8 tensors (N x 3 x 32 x 32) until a batch is taken;
 augmentation (random crop with 4-pixel zero padding, horizontal flip, Cutout
 16x16 after normalisation, as in the published training code) is done on whole
 batches with tensor ops, following airbench, so it runs on any device.
@@ -99,15 +100,38 @@ def _folder(root: str | Path) -> Path:
     return root if root.name == _FOLDER else root / _FOLDER
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Reads a CIFAR-10 batch pickle and nothing else: only NumPy's array rebuilding may be looked up.
+
+    A plain `pickle.load` would run whatever callable a crafted file names;
+    this refuses every global outside what the official and rebuilt files hold.
+    """
+
+    _ALLOWED = frozenset({("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                          ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")})
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR-10 batch never holds; not loaded")
+        return super().find_class(module, name)
+
+
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The images (N x 3 x 32 x 32 uint8) and labels of one batch file, read without running code from it."""
     try:
         with path.open("rb") as f:
-            d = pickle.load(f, encoding="latin1")
-        data = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        labels = np.asarray(d["labels"], dtype=np.int64)
-    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
+            d = _BatchUnpickler(f, encoding="latin1").load()
+        if not isinstance(d, dict) or not isinstance(d.get("data"), np.ndarray) or "labels" not in d:
+            raise ValueError("not a dict with 'data' (an array) and 'labels'")
+        raw, labels = d["data"], np.asarray(d["labels"])
+        if raw.dtype != np.uint8 or raw.ndim != 2 or raw.shape[1] != 3 * 32 * 32:
+            raise ValueError(f"'data' is {raw.dtype} {raw.shape}, expected uint8 N x 3072")
+        if labels.shape != (len(raw),) or labels.dtype.kind not in "iu" or not ((labels >= 0) & (labels < 10)).all():
+            raise ValueError(f"'labels' must be {len(raw)} class numbers in 0..9")
+    except (OSError, pickle.UnpicklingError, ValueError, EOFError, TypeError, AttributeError, IndexError,
+            KeyError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read CIFAR-10 batch {path}: {e}") from None
-    return data, labels
+    return raw.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
 def load_cifar10(root: str | Path, train: bool = True, download: bool = True) -> ImageSet:
