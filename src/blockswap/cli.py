@@ -14,7 +14,9 @@ import importlib
 import inspect
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -257,10 +259,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         final = train(config, args.out, resume=args.resume, device=place.device, progress=not args.quiet,
                       group=place.group)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"blockswap: interrupted; add --resume to the same command to continue from {args.out}/checkpoint.pt",
               file=sys.stderr)
-        return 130
+        return _interrupted_code(e)
     finally:
         place.close()
     if not place.is_main:  # under torchrun, rank 0 reports
@@ -323,8 +325,23 @@ def _load_plugins(argv: Sequence[str]) -> list[str]:
     return rest
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: rows flushed, workers stopped, the resume hint printed."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _interrupted_code(e: KeyboardInterrupt) -> int:
+    """128 + the signal's number, as a shell reports a process the signal ended."""
+    return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         argv = _load_plugins(argv)
     except BlockSwapError as e:
@@ -336,6 +353,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BlockSwapError as e:
         print(f"blockswap: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("blockswap: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+        return _interrupted_code(e)

@@ -2,16 +2,27 @@
 
 Each worker receives the probe batch, the search seed, the scorer and the
 user-registered block types once (so a type registered in the parent resolves
-in the child too), then builds and scores one candidate per job. Ctrl-C is the
-parent's to handle; the workers ignore it and are shut down by the parent.
+in the child too), then builds and scores one candidate per job. Ctrl-C and
+SIGTERM are the parent's to handle; the workers ignore them, are shut down by
+the parent, and end themselves within a second if the parent dies, whatever
+killed it.
+
+Every candidate is scored with `SCORING_THREADS` torch threads on the CPU,
+in a worker or in the calling process alike, so its row is the same bytes for
+any number of workers or torchrun ranks (a different thread count changes the
+last digits of a convolution's sums).
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 import signal
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +35,10 @@ from .errors import BlockSwapError
 from .genotype import Genotype
 from .scoring import Score, Scorer
 
-__all__ = ["candidate_seed", "build_candidate", "score_genotype", "ScoringPool", "score_all"]
+__all__ = ["SCORING_THREADS", "candidate_seed", "build_candidate", "score_genotype", "ScoringPool", "score_all"]
+
+SCORING_THREADS = 1  # torch threads per scoring on the CPU: one worker per core beats threads, and fixes the rows
+_PARENT_POLL_S = 0.5
 
 
 def candidate_seed(seed: int, index: int) -> int:
@@ -57,12 +71,21 @@ class _WorkerState:
 _worker: _WorkerState | None = None
 
 
+def _exit_with_parent(parent: int) -> None:
+    """End this process as soon as `parent` is gone (its children are then adopted by another process)."""
+    while os.getppid() == parent:
+        time.sleep(_PARENT_POLL_S)
+    os._exit(1)
+
+
 def _init_worker(batch: tuple[Tensor, Tensor], device: str, seed: int, scorer: Scorer,
-                 user_types: list[BlockType], threads: int) -> None:
+                 user_types: list[BlockType], parent: int) -> None:
     """Runs once in each pool process: register the parent's user block types, keep the shared inputs."""
     global _worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(threads)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="blockswap-parent-watch").start()
+    torch.set_num_threads(SCORING_THREADS)
     for block in user_types:
         register_block_type(block)
     _worker = _WorkerState((batch[0].to(device), batch[1].to(device)), seed, scorer)
@@ -89,22 +112,16 @@ def _user_block_types() -> list[BlockType]:
 
 
 class ScoringPool:
-    """Spawned worker processes that build and score candidates; started once, reused for many jobs.
+    """Spawned worker processes that build and score candidates; started once, reused for many jobs."""
 
-    Each worker runs `threads` torch threads (default: this process's threads
-    split evenly, i.e. one each when there are as many workers as cores).
-    """
-
-    def __init__(self, workers: int, batch: tuple[Tensor, Tensor], seed: int, scorer: Scorer,
-                 threads: int | None = None) -> None:
-        threads = threads or max(1, torch.get_num_threads() // workers)
+    def __init__(self, workers: int, batch: tuple[Tensor, Tensor], seed: int, scorer: Scorer) -> None:
         user_types = _picklable(_user_block_types(), "registered block types")
         self._pool = ProcessPoolExecutor(
             max_workers=workers,
             mp_context=mp.get_context("spawn"),
             initializer=_init_worker,
             initargs=((batch[0].cpu(), batch[1].cpu()), str(batch[0].device), seed, _picklable(scorer, "scorer"),
-                      user_types, threads),
+                      user_types, os.getpid()),
         )
 
     def score(self, jobs: Iterable[tuple[int, Genotype]]) -> Iterator[tuple[int, Score]]:
@@ -128,12 +145,24 @@ class ScoringPool:
         self.close()
 
 
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def score_all(jobs: list[tuple[int, Genotype]], seed: int, batch: tuple[Tensor, Tensor], scorer: Scorer,
               workers: int) -> Iterator[tuple[int, Score]]:
     """(index, score) for every (index, genotype) job, in completion order; `workers` > 1 uses a process pool."""
     if workers <= 1:
         for i, g in jobs:
-            yield i, score_genotype(g, i, seed, batch, scorer)
+            with _threads(SCORING_THREADS if batch[0].device.type == "cpu" else torch.get_num_threads()):
+                score = score_genotype(g, i, seed, batch, scorer)
+            yield i, score
         return
     with ScoringPool(workers, batch, seed, scorer) as pool:
         yield from pool.score(jobs)
