@@ -228,10 +228,9 @@ def get_backbone(name: str, num_classes: int | None = None) -> Backbone:
 @register_backbone("wrn-{depth}-{width}", help="WideResNet, depth 6n+4, e.g. wrn-40-2, wrn-16-1")
 def wide_resnet(depth: int, width: int) -> Backbone:
     """WRN-d-k for 32x32 inputs (Zagoruyko & Komodakis 2016): 3 stages of (d-4)/6 pre-activation blocks."""
+    depth, width = _whole(depth, "WRN depth"), _whole(width, "WRN width")
     if depth < 10 or (depth - 4) % 6:
         raise BlockSwapError(f"WRN depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 40, ...), got {depth}")
-    if width < 1:
-        raise BlockSwapError(f"WRN width must be a positive integer, got {width}")
     n = (depth - 4) // 6
     return Backbone(f"wrn-{depth}-{width}", (n, n, n), (16 * width, 32 * width, 64 * width), (1, 2, 2),
                     post_activation=False, stem_channels=16)
@@ -243,7 +242,7 @@ _RESNET_LAYOUTS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 @register_backbone("resnet{depth}", help="torchvision's ResNet-18 or ResNet-34")
 def resnet(depth: int) -> Backbone:
     """ResNet-18/34 in torchvision's layout for 224x224 ImageNet inputs: post-activation BasicBlocks."""
-    if depth not in _RESNET_LAYOUTS:
+    if _whole(depth, "ResNet depth") not in _RESNET_LAYOUTS:
         raise BlockSwapError(f"ResNet depth must be one of {sorted(_RESNET_LAYOUTS)}, got {depth}")
     return Backbone(f"resnet{depth}", _RESNET_LAYOUTS[depth], (64, 128, 256, 512), (1, 2, 2, 2),
                     post_activation=True, stem_channels=64, stem_kernel=7, stem_stride=2, stem_pool=True,

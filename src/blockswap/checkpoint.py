@@ -39,8 +39,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - torch.load raises many types on a file that is not a weight file
+        reason = " ".join(str(e).split())[:200]
+        raise CheckpointError(f"cannot read {path} as a weight file ({type(e).__name__}: {reason})") from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path} holds a {type(payload).__name__}, expected a dict of weights")
     return payload

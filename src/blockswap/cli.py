@@ -4,7 +4,8 @@ Options are derived from the config dataclasses' fields (`blockswap.options`),
 so their defaults and help live in one place. `--plugin MODULE_OR_FILE` (or
 $BLOCKSWAP_PLUGINS, comma-separated) imports a user's module first, so the
 backbones, block types and scorers it registers work in every command.
-Nothing imports this module; bad input ends with a one-line reason and exit code 2.
+Nothing imports this module. Bad input ends with a one-line reason on stderr
+and exit code 2, never a traceback: `--debug` (or BLOCKSWAP_DEBUG=1) shows one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ from .training import TrainConfig, train
 __all__ = ["main", "build_parser", "load_plugin"]
 
 PLUGINS_ENV = "BLOCKSWAP_PLUGINS"
+DEBUG_ENV = "BLOCKSWAP_DEBUG"
 
 
 def _budget(text: str) -> int:
@@ -118,6 +121,10 @@ def _default_workers(device: torch.device) -> int:
 
 def _cmd_search(args: argparse.Namespace) -> int:
     config = SearchConfig(**values(args, SearchConfig), scorer_settings=dict(args.scorer_settings))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if args.workers is not None and args.workers > cores:
+        raise BlockSwapError(f"--workers {args.workers} exceeds the {cores} CPU cores this process may use; each "
+                             "worker holds a candidate's activations (about 2 GB for WRN-40-2 at batch 128)")
     place = setup_distributed(_device(args.device))
     try:
         workers = args.workers or _default_workers(place.device)
@@ -133,6 +140,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     print(f"best: #{best.index}  params {best.params:,}  MACs {format_count(best.macs)}  "
           f"{config.scorer} score {best.score:.6g}")
     print(f"      {' '.join(best.genotype.blocks)}")
+    if result.non_finite:
+        print(f"{result.non_finite} candidate(s) scored NaN or infinity: kept in candidates.csv, never chosen")
     print(f"wrote {result.out_dir / 'candidates.csv'} and {result.out_dir / 'best.json'}")
     return 0
 
@@ -300,9 +309,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line (`blockswap <command>: error: ...`) and exit code 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; build it after plugins are loaded, so their scorers are among the choices."""
-    parser = argparse.ArgumentParser(prog="blockswap", description="Fisher-guided block substitution (BlockSwap).")
+    parser = _Parser(prog="blockswap", description="Fisher-guided block substitution (BlockSwap).")
+    parser.add_argument("--debug", action="store_true", help=f"show the traceback of an error (also ${DEBUG_ENV}=1)")
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
                         help=f"import a module that registers backbones, block types or scorers (repeatable; "
                         f"also ${PLUGINS_ENV}, comma-separated)")
@@ -316,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load_plugins(argv: Sequence[str]) -> list[str]:
     """Import the plugins named in $BLOCKSWAP_PLUGINS and by --plugin options; argv without those options."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--plugin", action="append", default=[])
     known, rest = pre.parse_known_args(argv)
     env = [p.strip() for p in os.environ.get(PLUGINS_ENV, "").split(",") if p.strip()]
@@ -338,21 +355,30 @@ def _interrupted_code(e: KeyboardInterrupt) -> int:
     return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
 
 
+def _one_line(e: BaseException) -> str:
+    """What the user reads: our own errors as they are; a file-system error with its path; anything else typed."""
+    if isinstance(e, BlockSwapError):
+        return str(e)
+    if isinstance(e, OSError) and e.strerror:
+        where = f": {e.filename}" if e.filename else ""
+        return f"{e.strerror}{where}"
+    text = " ".join(str(e).split())[:300]
+    return f"{type(e).__name__}: {text} (rerun with --debug for the traceback)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        argv = _load_plugins(argv)
-    except BlockSwapError as e:
-        print(f"blockswap: error: {e}", file=sys.stderr)
-        return 2
-    args = build_parser().parse_args(argv)
-    try:
+        args = build_parser().parse_args(_load_plugins(argv))
         return args.func(args)
-    except BlockSwapError as e:
-        print(f"blockswap: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt as e:
         print("blockswap: interrupted; rerun the same command to resume", file=sys.stderr)
         return _interrupted_code(e)
+    except Exception as e:  # noqa: BLE001 - every failure a user sees is one line; --debug shows the rest
+        if debug:
+            raise
+        print(f"blockswap: error: {_one_line(e)}", file=sys.stderr)
+        return 2

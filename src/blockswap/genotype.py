@@ -114,7 +114,7 @@ class Genotype:
             raise GenotypeError("genotype field 'blocks' must be a list of block type names")
         try:
             backbone = _backbone_of(data)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise GenotypeError(f"invalid backbone in genotype: {e}") from None
         return cls(backbone, tuple(blocks)).validate()
 
@@ -129,6 +129,13 @@ class Genotype:
         return f"{self.backbone.name}[{' '.join(self.blocks)}]"
 
 
+def _whole_number(value: Any, what: str) -> int:
+    """`value` as an int when it is one (3 or 3.0), else GenotypeError: 16.7 is not a depth."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+        raise GenotypeError(f"genotype field {what!r} must be a whole number, got {value!r}")
+    return int(value)
+
+
 def _backbone_of(data: dict[str, Any]) -> Backbone:
     """The backbone a genotype dict names: an embedded spec, a registered model, or an earlier version's family."""
     num_classes = data.get("num_classes")
@@ -141,13 +148,17 @@ def _backbone_of(data: dict[str, Any]) -> Backbone:
     family = data["family"]
     if family not in _LEGACY_FAMILIES:
         raise GenotypeError(f"unknown network family {family!r}; valid choices: {', '.join(_LEGACY_FAMILIES)}")
-    name = _LEGACY_FAMILIES[family].format(depth=int(data["depth"]), width=int(data.get("width", 1)))
+    depth, width = (_whole_number(data.get(k, 1), k) for k in ("depth", "width"))
+    name = _LEGACY_FAMILIES[family].format(depth=depth, width=width)
     return get_backbone(name, num_classes)
 
 
 def _read_csv(path: Path, row: int) -> Sequence[str]:
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise GenotypeError(f"{path}: not a readable genotype CSV ({e})") from None
     if not rows or "convs" not in rows[0]:
         raise GenotypeError(f"{path}: a genotype CSV needs a 'convs' column holding a list of block names")
     if not 0 <= row < len(rows):

@@ -16,6 +16,8 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from .errors import BlockSwapError
+
 T = TypeVar("T")
 
 __all__ = ["option", "add_options", "values", "field_default", "from_record"]
@@ -57,8 +59,6 @@ def _fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
 
 def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """`parse` with its BlockSwapError shown by argparse as the option's error (argparse hides ValueError text)."""
-    from .errors import BlockSwapError
-
     def convert(text: str) -> Any:
         try:
             return parse(text)
@@ -124,8 +124,6 @@ def values(args: argparse.Namespace, cls: type, skip: Iterable[str] = ()) -> dic
 
 def from_record(cls: type[T], data: Any, what: str) -> T:
     """Dataclass `cls` from a JSON object, naming `what` it is when the object is not one, has unknown or lacks fields."""
-    from .errors import BlockSwapError
-
     if not isinstance(data, dict):
         raise BlockSwapError(f"a {what} must be a JSON object")
     unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})

@@ -127,6 +127,7 @@ class SearchResult:
     out_dir: Path
     seconds: float
     scored_now: int
+    non_finite: int = 0  # candidates whose score is NaN or infinite: kept in their rows, never chosen
 
     @property
     def best(self) -> Candidate:
@@ -144,6 +145,29 @@ def _normalized(saved: Any) -> dict[str, Any]:
         return saved if isinstance(saved, dict) else {}
 
 
+def _trusted_rows(path: Path, genotypes: list[Genotype]) -> dict[int, Candidate]:
+    """The rows of `path` this search can keep: each must be one of its candidates with its own counts.
+
+    A row whose index, genotype, params or MACs do not match the candidate, or
+    an index that appears twice, means the file was edited or belongs to
+    another search: refused. A non-finite score is dropped, so it is scored again.
+    """
+    rows: dict[int, Candidate] = {}
+    for c in read_candidates(path, genotypes[0].backbone):
+        if not 0 <= c.index < len(genotypes) or c.genotype != genotypes[c.index]:
+            raise BlockSwapError(f"{path}: row {c.index} does not match this search's candidates; "
+                                 "use a fresh --out directory")
+        g = c.genotype
+        if (c.params, c.macs) != (g.params(), g.macs()) or len(c.score_per_block) != g.backbone.num_blocks:
+            raise BlockSwapError(f"{path}: row {c.index} has params, MACs or per-block scores that its genotype does "
+                                 "not give (edited by hand?); use a fresh --out directory")
+        if c.index in rows:
+            raise BlockSwapError(f"{path}: candidate {c.index} appears twice; use a fresh --out directory")
+        if math.isfinite(c.score):
+            rows[c.index] = c
+    return rows
+
+
 def _prepare_out_dir(out: Path, config: SearchConfig, genotypes: list[Genotype]) -> dict[int, Candidate]:
     """Create the output folder or check it belongs to this search; return rows already scored.
 
@@ -151,18 +175,19 @@ def _prepare_out_dir(out: Path, config: SearchConfig, genotypes: list[Genotype])
     into `candidates.csv`, so a rerun with any number of ranks or workers resumes.
     """
     config_path, csv_path = out / "search.json", out / "candidates.csv"
+    if out.exists() and not out.is_dir():
+        raise BlockSwapError(f"--out {out} is a file; name a folder")
     if csv_path.exists() and not config_path.exists():
         raise BlockSwapError(f"{csv_path} exists but {config_path} does not; use a fresh --out directory")
     claim(out, "search.json", asdict(config), _normalized, "search", "use a fresh --out directory")
     parts = sorted(out.glob("candidates.rank*.csv"))
     done: dict[int, Candidate] = {}
     for path in [csv_path, *parts]:
-        if not path.exists():
-            continue
-        for c in read_candidates(path, genotypes[0].backbone):
-            if not 0 <= c.index < len(genotypes) or c.genotype != genotypes[c.index]:
-                raise BlockSwapError(f"{path}: row {c.index} does not match this search's candidates")
-            done[c.index] = c
+        if path.exists():
+            for index, row in _trusted_rows(path, genotypes).items():
+                if index in done and done[index] != row:
+                    raise BlockSwapError(f"{path}: candidate {index} differs from its row in another file")
+                done[index] = row
     write_candidates(csv_path, [done[i] for i in sorted(done)])  # header first, so a cut search resumes
     for path in parts:
         path.unlink()
@@ -201,6 +226,8 @@ def run_search(
                                  config.palette_types())
     out = Path(out_dir)
     rank, world = (dist.get_rank(group), dist.get_world_size(group)) if group is not None else (0, 1)
+    # The probe batch first: a search that cannot start (no data, a batch larger than it) leaves no folder behind.
+    x, y = rank0_first(group, lambda: probe_images(config.data_dir)).probe_batch(config.batch_size, config.seed)
     done = on_rank0(group, lambda: _prepare_out_dir(out, config, genotypes))
     out.mkdir(parents=True, exist_ok=True)  # for ranks on machines that do not share rank 0's disk
     before = len(done)
@@ -208,8 +235,6 @@ def run_search(
     mine = len(range(rank, len(genotypes), world))
     scored: Iterator[tuple[int, Score]] = iter(())
     if todo:
-        images = rank0_first(group, lambda: probe_images(config.data_dir))
-        x, y = images.probe_batch(config.batch_size, config.seed)
         batch: tuple[Tensor, Tensor] = (x.to(device), y.to(device))
         scored = score_all(todo, config.seed, batch, scorer, min(workers, len(todo)))
     stream = out / "candidates.csv" if group is None else _part_path(out, rank)
@@ -244,4 +269,5 @@ def run_search(
             **best.genotype.to_dict(), "index": best.index, "params": best.params, "macs": best.macs,
             "score": best.score, "scorer": config.scorer, "budget": config.budget, "samples": config.samples,
             "seed": config.seed})
-    return SearchResult(ranked, out, time.perf_counter() - start, len(done) - before)
+    return SearchResult(ranked, out, time.perf_counter() - start, len(done) - before,
+                        sum(not math.isfinite(c.score) for c in ranked))

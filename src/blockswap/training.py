@@ -21,11 +21,12 @@ sums all-reduced, and only rank 0 writes files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ __all__ = [
     "train_step",
     "make_scheduler",
     "epoch_order",
+    "file_sha256",
     "train",
 ]
 
@@ -94,6 +96,8 @@ class TrainConfig:
         "teacher weight file for distillation; None trains with cross-entropy alone", cli=False))
     teacher_genotype: dict[str, Any] | None = field(default=None, metadata=option(
         "the teacher's architecture; None reads it from the teacher file", cli=False))
+    teacher_sha256: str | None = field(default=None, metadata=option(
+        "SHA-256 of the teacher file, filled in when training starts; a resume refuses a changed teacher", cli=False))
     distill: DistillConfig = field(default_factory=DistillConfig, metadata=option(
         "attention-transfer and KD weights", cli=True))
     prune: str | None = field(default=None, metadata=option(
@@ -120,6 +124,8 @@ class TrainConfig:
         for name, value in whole.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise BlockSwapError(f"{name} must be a positive whole number, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise BlockSwapError(f"seed must be a whole number in [0, 2**63), got {self.seed!r}")
         if not 0 < self.lr < math.inf:
             raise BlockSwapError(f"lr must be positive, got {self.lr}")
         if not (0 <= self.momentum < math.inf and 0 <= self.weight_decay < math.inf):
@@ -236,10 +242,27 @@ def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(n, generator=_generator(seed, epoch))
 
 
-def _prepare_out_dir(out: Path, config: TrainConfig, resume: bool, dist: Distributed) -> dict[str, Any] | None:
-    """Check the folder belongs to this run (write config.json on rank 0); the checkpoint to resume, if any."""
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+_CHECKPOINT_KEYS = ("state_dict", "optimizer", "scheduler", "history", "torch_rng", "masks")
+
+
+def _check_out_dir(out: Path, config: TrainConfig, resume: bool) -> dict[str, Any] | None:
+    """Refuse a folder that holds another run (or this one without `resume`); the checkpoint to resume, if any.
+
+    Writes nothing: config.json is recorded only once the run has started
+    (`_record`), so a run that fails to start leaves the folder as it was.
+    """
     config_path, ckpt_path = out / "config.json", out / "checkpoint.pt"
-    wanted = config.record()
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"--out {out} is a file; name a folder")
     if config_path.exists() or ckpt_path.exists():
         if not resume:
             raise TrainingError(f"{out} already holds a run: pass --resume to continue it, or use a fresh --out")
@@ -248,16 +271,29 @@ def _prepare_out_dir(out: Path, config: TrainConfig, resume: bool, dist: Distrib
             saved = TrainConfig.from_dict(saved).record()
         except BlockSwapError:
             pass  # compared as it is: the changes name what differs
+        wanted = config.record()
+        if saved.get("teacher_sha256") is None:  # recorded by earlier versions without the hash
+            saved["teacher_sha256"] = wanted["teacher_sha256"]
         changes = config_changes(saved, wanted)
         if changes:
             raise TrainingError(f"{out} holds a different run ({changes}); resume it with its own settings")
-    checkpoint = read_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    if not ckpt_path.exists():
+        return None
+    checkpoint = read_checkpoint(ckpt_path)
+    missing = [k for k in _CHECKPOINT_KEYS if k not in checkpoint]
+    if missing:
+        raise TrainingError(f"{ckpt_path} is not a training checkpoint (no {', '.join(missing)}); "
+                            "resume from the folder the run wrote, or use a fresh --out")
+    return checkpoint
+
+
+def _record(out: Path, config: TrainConfig, dist: Distributed) -> None:
+    """Write config.json (rank 0) once the run has everything it needs."""
     dist.barrier()
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        if not config_path.exists():
-            write_json_atomic(config_path, wanted)
-    return checkpoint
+        if not (out / "config.json").exists():
+            write_json_atomic(out / "config.json", config.record())
 
 
 def _load_data(config: TrainConfig, dist: Distributed) -> tuple[ImageSet, ImageSet]:
@@ -353,7 +389,7 @@ def _start(config: TrainConfig, out: Path, resume: bool, dist: Distributed, prog
     genotype = Genotype.from_dict(config.genotype)
     precision = resolve_precision(config.precision, device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    checkpoint = _prepare_out_dir(out, config, resume, dist)
+    checkpoint = _check_out_dir(out, config, resume)
     train_set, test_shard = _load_data(config, dist)
     teacher = _load_teacher(config, genotype, device)
     net = _fresh_network(config, genotype).to(device, memory_format=memory_format)
@@ -373,6 +409,7 @@ def _start(config: TrainConfig, out: Path, resume: bool, dist: Distributed, prog
         torch.set_rng_state(checkpoint["torch_rng"])
         if checkpoint["masks"] is not None:
             pruner = Pruner({name: mask.to(device) for name, mask in checkpoint["masks"].items()})
+    _record(out, config, dist)
     model: nn.Module = TapsModule(net)
     if dist.world > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -398,6 +435,13 @@ def train(
     under torchrun), the run is data-parallel over its processes on `device`.
     """
     config.validate()
+    if config.teacher is not None:
+        if not Path(config.teacher).is_file():
+            raise BlockSwapError(f"teacher file not found: {config.teacher}")
+        actual = file_sha256(config.teacher)
+        if config.teacher_sha256 not in (None, actual):
+            raise BlockSwapError(f"{config.teacher} has SHA-256 {actual}, not the {config.teacher_sha256} asked for")
+        config = replace(config, teacher_sha256=actual)
     dist = Distributed.of(group, device)
     run = _start(config, Path(out_dir), resume, dist, progress)
     if dist.is_main:  # exactly the checkpoint's epochs: drops a row written after the last checkpoint
@@ -429,14 +473,15 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
     best = min(run.history, key=lambda r: r["test_error_pct"], default=None)
     run.history.append(row)
     if dist.is_main:
+        # best.pt before checkpoint.pt: a kill between them redoes this epoch exactly on resume and rewrites
+        # best.pt the same, so best.pt, final.json and metrics.jsonl always agree.
         weights = run.weights(row)
+        if best is None or row["test_error_pct"] < best["test_error_pct"]:
+            save_atomic(weights, run.out / "best.pt")
         save_atomic({**weights, "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
                      "history": run.history, "torch_rng": torch.get_rng_state(),
                      "masks": None if run.pruner is None else run.pruner.state_dict()}, run.out / "checkpoint.pt")
-        if best is None or row["test_error_pct"] < best["test_error_pct"]:
-            save_atomic(weights, run.out / "best.pt")
-        with (run.out / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        write_text_atomic(run.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in run.history))
         if run.progress:
             tqdm.write(f"epoch {epoch + 1}/{config.epochs}  lr {lr:.4g}  train loss {row['train_loss']:.4f}  "
                        f"train err {row['train_error_pct']:.2f}%  test err {row['test_error_pct']:.2f}%  "
