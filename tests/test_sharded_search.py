@@ -92,14 +92,33 @@ def test_torchrun_two_ranks_resume_and_merge_to_the_single_process_rows(single: 
     lines = (single / "candidates.csv").read_text().splitlines()
     header, rows = lines[0], {int(line.split(",")[0]): line for line in lines[1:]}
     (out / "candidates.csv").write_text(f"{header}\n{rows[0]}\n")
-    (out / "candidates.rank1.csv").write_text(f"{header}\n{rows[1]}\n{rows[3]}\n")
-    done = _torchrun(out)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"scored 3 new of {CONFIG['samples']} candidates" in done.stdout
-    assert done.stdout.count("best: #") == 1  # only rank 0 reports
-    assert (out / "candidates.csv").read_bytes() == (single / "candidates.csv").read_bytes()
-    assert (out / "best.json").read_bytes() == (single / "best.json").read_bytes()
-    assert not list(out.glob("candidates.rank*.csv"))
+    (out / "candidates.rank1.csv").write_text(f"{header}\n{rows[1]}\n{rows[3]}\n")  # as a rank writes it
+
+
+def test_a_cut_rank_leaves_a_part_file_that_resumes(single: Path, tmp_path: Path) -> None:
+    """A rank streams its part file header first, so the rows it wrote before being cut are kept on resume."""
+    import torch.distributed as dist
+
+    config = bs.SearchConfig(**CONFIG, scorer="reference")
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(c: bs.Candidate) -> None:
+        if c.index == 1:
+            raise Stop
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(Stop):
+            bs.run_search(config, tmp_path / "out", progress=False, group=dist.group.WORLD, on_scored=stop_after_two)
+    finally:
+        dist.destroy_process_group()
+    part = (tmp_path / "out" / "candidates.rank0.csv").read_text().splitlines()
+    assert part[0] == "index,genotype,params,macs,score,score_per_block" and len(part) == 3
+    result = bs.run_search(config, tmp_path / "out", progress=False)
+    assert result.scored_now == CONFIG["samples"] - 2
+    assert (tmp_path / "out" / "candidates.csv").read_bytes() == (single / "candidates.csv").read_bytes()
 
 
 def test_torchrun_refusal_on_rank_0_ends_every_rank(single: Path, tmp_path: Path) -> None:

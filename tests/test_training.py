@@ -12,7 +12,7 @@ import torch
 from blockswap import Backbone, Genotype
 from blockswap.checkpoint import CheckpointError, read_checkpoint
 from blockswap.cli import main
-from blockswap.data import DataError
+from blockswap.data import DataError, augment, load_cifar10
 from blockswap.training import TrainConfig, TrainingError, epoch_order, make_scheduler, train
 
 WRN10 = Backbone.from_name("wrn-10-1")
@@ -146,18 +146,25 @@ def test_missing_data_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFix
 def test_each_epoch_walks_a_new_permutation(cifar_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import blockswap.training as training
 
-    orders: dict[int, torch.Tensor] = {}
+    batches: list[torch.Tensor] = []
 
-    def spy(n: int, seed: int, epoch: int) -> torch.Tensor:
-        orders[epoch] = epoch_order(n, seed, epoch)
-        return orders[epoch]
+    def spy(images: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        batches.append(images.clone())  # the uint8 images a training step is about to see
+        return augment(images, *args, **kwargs)
 
-    monkeypatch.setattr(training, "epoch_order", spy)
+    monkeypatch.setattr(training, "augment", spy)
     train(_config(cifar_root, epochs=3, precision="fp32"), tmp_path, progress=False)
-    assert sorted(orders) == [0, 1, 2]
-    assert all(sorted(o.tolist()) == list(range(128)) for o in orders.values())
-    assert not torch.equal(orders[0], orders[1]) and not torch.equal(orders[1], orders[2])
-    assert torch.equal(epoch_order(128, 0, 1), orders[1])  # seeded by (seed, epoch): a resumed run replays it
+    subset = load_cifar10(cifar_root, train=True).subset(128).images
+    epochs = [torch.cat(batches[4 * e : 4 * e + 4]) for e in range(3)]  # 128 images, batch 32: 4 steps an epoch
+    assert len(batches) == 12
+
+    def positions(seen: torch.Tensor) -> list[int]:
+        return [int((subset == image).flatten(1).all(1).nonzero()[0]) for image in seen]
+
+    orders = [positions(seen) for seen in epochs]
+    assert all(sorted(order) == list(range(128)) for order in orders)  # every image once an epoch
+    assert orders[0] != orders[1] and orders[1] != orders[2]
+    assert orders[1] == epoch_order(128, 0, 1).tolist()  # seeded by (seed, epoch): a resumed run replays it
 
 
 def test_step_schedule_divides_by_five_at_30_60_80_percent() -> None:

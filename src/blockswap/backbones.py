@@ -193,9 +193,10 @@ def register_backbone(template: str, help: str = "") -> Callable[[BackboneFactor
     support); the resolved name becomes the backbone's `name`. A template that
     is already registered is refused.
     """
-    key = template.strip().lower()
-    if not re.fullmatch(r"[a-z0-9_.{}-]+", key):
-        raise BlockSwapError(f"backbone name {template!r} may hold letters, digits, '-', '_', '.' and {{placeholders}}")
+    key = template.strip()
+    if not re.fullmatch(r"([a-z0-9_.-]|\{[a-z_]+\})+", key):
+        raise BlockSwapError(f"backbone name {template!r} may hold lower-case letters, digits, '-', '_', '.' and "
+                             "{placeholders} in lower case")
     if key in _REGISTRY:
         raise BlockSwapError(f"a backbone named {template!r} is already registered")
 
@@ -216,12 +217,22 @@ def get_backbone(name: str, num_classes: int | None = None) -> Backbone:
     if not isinstance(name, str):
         raise BlockSwapError(f"a model name must be text, got {name!r}")
     key = name.strip().lower()
-    for entry in _REGISTRY.values():
+    # Literal names before templates, so a registered `resnet50` wins over `resnet{depth}`; a template whose
+    # factory refuses the numbers gives way to the next match, and its reason is reported if none accepts.
+    entries = sorted(_REGISTRY.values(), key=lambda e: "{" in e.template)
+    refusal: BlockSwapError | None = None
+    for entry in entries:
         if m := entry.pattern.fullmatch(key):
             numbers = {k: int(v) for k, v in m.groupdict().items()}
-            canonical = entry.template.format(**numbers)
-            backbone = replace(entry.factory(**numbers), name=canonical)
+            try:
+                backbone = entry.factory(**numbers)
+            except BlockSwapError as e:
+                refusal = refusal or e
+                continue
+            backbone = replace(backbone, name=entry.template.format(**numbers))
             return backbone if num_classes is None else backbone.with_classes(num_classes)
+    if refusal is not None:
+        raise refusal
     raise BlockSwapError(f"unknown model {name!r}; valid choices: {', '.join(backbone_names())}")
 
 

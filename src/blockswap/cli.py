@@ -34,7 +34,7 @@ from .distributed import setup_distributed
 from .errors import BlockSwapError
 from .evaluate import evaluate_checkpoint
 from .genotype import Genotype, load_genotype
-from .options import add_options, values
+from .options import add_options, argparse_type, values
 from .precision import PRECISIONS
 from .pruning import PRUNE_METHODS
 from .search import SearchConfig, run_search
@@ -44,13 +44,6 @@ __all__ = ["main", "build_parser", "load_plugin"]
 
 PLUGINS_ENV = "BLOCKSWAP_PLUGINS"
 DEBUG_ENV = "BLOCKSWAP_DEBUG"
-
-
-def _budget(text: str) -> int:
-    try:
-        return parse_budget(text)
-    except BlockSwapError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def load_plugin(spec: str) -> None:
@@ -100,9 +93,10 @@ def _device(text: str | None) -> torch.device:
 
 
 def _add_search(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("search", help="sample budget-feasible students and rank them by Fisher potential",
-                       description="Sample --samples genotypes within the budget window, score each by Fisher "
-                       "potential on one seeded minibatch, write candidates.csv and best.json to --out.")
+    p = sub.add_parser("search", help="sample budget-feasible students and rank them by a scorer (Fisher potential)",
+                       description="Sample --samples genotypes within the budget window, score each with --scorer "
+                       "(default: Fisher potential) on one seeded minibatch, write candidates.csv and best.json "
+                       "to --out.")
     add_options(p, SearchConfig)
     p.add_argument("--scorer-setting", dest="scorer_settings", type=_setting, action="append", default=[],
                    metavar="KEY=VALUE", help="a keyword setting of the scorer (repeatable), recorded in search.json")
@@ -225,7 +219,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     arch.add_argument("--prune", choices=PRUNE_METHODS,
                       help="prune the teacher to --budget: l1 (magnitude of its trained weights) or snip (at init)")
     s.add_argument("--model", help="student backbone, alone a depth/width baseline (e.g. wrn-16-2)")
-    s.add_argument("--budget", type=_budget, help="parameter budget for --random and --prune, e.g. 400k")
+    s.add_argument("--budget", type=argparse_type(parse_budget),
+                   help="parameter budget for --random and --prune, e.g. 400k")
     teach = s.add_mutually_exclusive_group(required=True)
     teach.add_argument("--teacher", help="teacher weight file (e.g. last.pt of a teacher run)")
     teach.add_argument("--no-teacher", action="store_true", help="cross-entropy only: what distillation adds")
@@ -372,7 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        args = build_parser().parse_args(_load_plugins(argv))
+        rest = _load_plugins(argv)  # first: the parser's choices include what plugins register
+        args = build_parser().parse_args(rest)
         return args.func(args)
     except KeyboardInterrupt as e:
         print("blockswap: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -34,8 +34,8 @@ class DistillConfig:
     kd_temperature: float = field(default=4.0, metadata=option("KD softmax temperature, the published code's"))
 
     def __post_init__(self) -> None:
-        if not self.beta >= 0:  # also refuses NaN
-            raise BlockSwapError(f"beta must be non-negative, got {self.beta}")
+        if not 0 <= self.beta < float("inf"):  # also refuses NaN
+            raise BlockSwapError(f"beta must be a finite non-negative number, got {self.beta}")
         if not 0.0 <= self.kd_alpha <= 1.0:
             raise BlockSwapError(f"KD alpha must be in [0, 1], got {self.kd_alpha}")
         if not 0 < self.kd_temperature < float("inf"):

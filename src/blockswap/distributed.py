@@ -38,8 +38,11 @@ class Distributed:
     @classmethod
     def of(cls, group: torch_dist.ProcessGroup | None, device: torch.device | None = None) -> Distributed:
         """The place of this process in `group` (a single process when None), on `device` (default: cuda if any)."""
+        local = int(os.environ.get("LOCAL_RANK", "0")) if group is not None else 0
         if device is None:
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+        elif device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", local)  # one GPU per rank, as torchrun numbers them
         if group is None:
             return cls(0, 1, device, False)
         return cls(torch_dist.get_rank(group), torch_dist.get_world_size(group), device, False, group)

@@ -64,9 +64,6 @@ class PreActBlock(nn.Module):
         """The swappable part of the block."""
         return [self.body]
 
-    def body_forward(self, h: Tensor) -> Tensor:
-        return self.body(h)
-
     def forward_tap(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Block output and the body output (the Fisher probe)."""
         h = self.relu(self.bn(x))

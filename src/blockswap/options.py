@@ -20,7 +20,7 @@ from .errors import BlockSwapError
 
 T = TypeVar("T")
 
-__all__ = ["option", "add_options", "values", "field_default", "from_record"]
+__all__ = ["option", "add_options", "values", "field_default", "from_record", "argparse_type"]
 
 
 def option(
@@ -57,7 +57,7 @@ def _fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
     return [(f, hints[f.name]) for f in dataclasses.fields(cls)]
 
 
-def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+def argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """`parse` with its BlockSwapError shown by argparse as the option's error (argparse hides ValueError text)."""
     def convert(text: str) -> Any:
         try:
@@ -94,7 +94,7 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: 
         choices = meta.get("choices")
         if callable(choices):
             choices = list(choices())
-        kwargs: dict[str, Any] = {"dest": f.name, "type": _argparse_type(meta.get("parse") or kind),
+        kwargs: dict[str, Any] = {"dest": f.name, "type": argparse_type(meta.get("parse") or kind),
                                   "metavar": meta.get("metavar")}
         if choices is not None:
             kwargs["choices"] = list(choices)

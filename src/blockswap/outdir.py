@@ -20,7 +20,14 @@ from typing import IO, Any
 
 from .errors import BlockSwapError
 
-__all__ = ["atomic_file", "write_text_atomic", "write_json_atomic", "config_changes", "read_json", "claim"]
+__all__ = ["atomic_file", "write_text_atomic", "write_json_atomic", "config_changes", "read_json", "check_recorded",
+           "record"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -38,6 +45,7 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes files private; ours follow the umask as open() would
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -75,28 +83,34 @@ def config_changes(saved: dict[str, Any], wanted: dict[str, Any]) -> str:
     return ", ".join(f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}" for k in keys if saved.get(k) != wanted.get(k))
 
 
-def claim(
+def check_recorded(
     folder: Path,
     config_name: str,
     wanted: dict[str, Any],
     normalize: Callable[[Any], dict[str, Any]],
     what: str,
     hint: str,
+    error: type[BlockSwapError] = BlockSwapError,
 ) -> bool:
-    """Make `folder` this run's: record `wanted` in `config_name`, or check the one recorded there.
+    """Whether `folder` records a run in `config_name`; a run with other settings is refused (as `error`).
 
     `normalize` turns a recorded config (possibly of an earlier version) into
-    the form `wanted` has, so a setting added since reads as its default.
-    Returns whether the folder already held this run. A folder holding a
-    different run is refused naming the settings that differ, then `hint`.
+    the form `wanted` has, so a setting added since reads as its default. The
+    refusal names the settings that differ, then `hint`. Writes nothing.
     """
     path = folder / config_name
-    if path.exists():
-        saved = normalize(read_json(path, f"{what} record"))
-        changes = config_changes(saved, wanted)
-        if changes:
-            raise BlockSwapError(f"{folder} holds a different {what} ({changes}); {hint}")
-        return True
+    if folder.exists() and not folder.is_dir():
+        raise BlockSwapError(f"--out {folder} is a file; name a folder")
+    if not path.exists():
+        return False
+    changes = config_changes(normalize(read_json(path, f"{what} record")), wanted)
+    if changes:
+        raise error(f"{folder} holds a different {what} ({changes}); {hint}")
+    return True
+
+
+def record(folder: Path, config_name: str, wanted: dict[str, Any]) -> None:
+    """Record `wanted` as the run `folder` holds, unless it already records one."""
     folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, wanted)
-    return False
+    if not (folder / config_name).exists():
+        write_json_atomic(folder / config_name, wanted)

@@ -48,8 +48,6 @@ class Score:
 class Scorer(Protocol):
     """Anything that scores a freshly initialised network on one minibatch."""
 
-    name: str
-
     def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score: ...
 
 

@@ -24,7 +24,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +35,14 @@ from tqdm.auto import tqdm
 
 from .backbones import Backbone, get_backbone
 from .blocks import DEFAULT_PALETTE, Palette, block_type
-from .candidates import Candidate, read_candidates, write_candidates
+from .candidates import CSV_FIELDS, Candidate, read_candidates, write_candidates
 from .counts import parse_budget
 from .data import probe_images
 from .distributed import on_rank0, rank0_first
 from .errors import BlockSwapError
 from .genotype import Genotype
-from .options import option
-from .outdir import claim, write_json_atomic
+from .options import from_record, option
+from .outdir import check_recorded, record, write_json_atomic
 from .sampling import DEFAULT_TOLERANCE, sample_genotypes
 from .scoring import Score, make_scorer, scorer_names
 from .workers import score_all
@@ -113,10 +113,7 @@ class SearchConfig:
     @classmethod
     def from_dict(cls, data: Any) -> SearchConfig:
         """A config as search.json records it; settings added since an earlier version take their defaults."""
-        if not isinstance(data, dict):
-            raise BlockSwapError("a search record must be a JSON object")
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return from_record(cls, data, "search record")
 
 
 @dataclass
@@ -175,11 +172,10 @@ def _prepare_out_dir(out: Path, config: SearchConfig, genotypes: list[Genotype])
     into `candidates.csv`, so a rerun with any number of ranks or workers resumes.
     """
     config_path, csv_path = out / "search.json", out / "candidates.csv"
-    if out.exists() and not out.is_dir():
-        raise BlockSwapError(f"--out {out} is a file; name a folder")
-    if csv_path.exists() and not config_path.exists():
-        raise BlockSwapError(f"{csv_path} exists but {config_path} does not; use a fresh --out directory")
-    claim(out, "search.json", asdict(config), _normalized, "search", "use a fresh --out directory")
+    if not check_recorded(out, "search.json", asdict(config), _normalized, "search", "use a fresh --out directory"):
+        if csv_path.exists():
+            raise BlockSwapError(f"{csv_path} exists but {config_path} does not; use a fresh --out directory")
+        record(out, "search.json", asdict(config))
     parts = sorted(out.glob("candidates.rank*.csv"))
     done: dict[int, Candidate] = {}
     for path in [csv_path, *parts]:
@@ -242,6 +238,8 @@ def run_search(
                disable=not progress, dynamic_ncols=True)
     new: list[Candidate] = []
     with stream.open("a", newline="") as f, bar:
+        if f.tell() == 0:  # a rank's part file starts with the header, so a cut sharded search reads back
+            f.write(",".join(CSV_FIELDS) + "\n")
         for i, score in scored:
             g = genotypes[i]
             cand = Candidate(i, g, g.params(), g.macs(), score.total, score.per_block)

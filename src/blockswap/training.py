@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -46,7 +47,7 @@ from .evaluate import error_sums
 from .genotype import Genotype
 from .networks import BlockNetwork
 from .options import from_record, option
-from .outdir import config_changes, read_json, write_json_atomic, write_text_atomic
+from .outdir import check_recorded, record, write_json_atomic, write_text_atomic
 from .precision import PRECISIONS, autocast, resolve_precision
 from .pruning import PRUNE_METHODS, Pruner, magnitude_scores, nonzero_params, snip_scores
 
@@ -261,22 +262,20 @@ def _check_out_dir(out: Path, config: TrainConfig, resume: bool) -> dict[str, An
     (`_record`), so a run that fails to start leaves the folder as it was.
     """
     config_path, ckpt_path = out / "config.json", out / "checkpoint.pt"
-    if out.exists() and not out.is_dir():
-        raise TrainingError(f"--out {out} is a file; name a folder")
-    if config_path.exists() or ckpt_path.exists():
-        if not resume:
-            raise TrainingError(f"{out} already holds a run: pass --resume to continue it, or use a fresh --out")
-        saved = read_json(config_path, "training config") if config_path.exists() else {}
+    wanted = config.record()
+
+    def normalize(saved: Any) -> dict[str, Any]:
         try:
             saved = TrainConfig.from_dict(saved).record()
         except BlockSwapError:
-            pass  # compared as it is: the changes name what differs
-        wanted = config.record()
+            return saved if isinstance(saved, dict) else {}  # compared as it is: the changes name what differs
         if saved.get("teacher_sha256") is None:  # recorded by earlier versions without the hash
             saved["teacher_sha256"] = wanted["teacher_sha256"]
-        changes = config_changes(saved, wanted)
-        if changes:
-            raise TrainingError(f"{out} holds a different run ({changes}); resume it with its own settings")
+        return saved
+
+    if not resume and (config_path.exists() or ckpt_path.exists()):
+        raise TrainingError(f"{out} already holds a run: pass --resume to continue it, or use a fresh --out")
+    check_recorded(out, "config.json", wanted, normalize, "run", "resume it with its own settings", TrainingError)
     if not ckpt_path.exists():
         return None
     checkpoint = read_checkpoint(ckpt_path)
@@ -291,9 +290,7 @@ def _record(out: Path, config: TrainConfig, dist: Distributed) -> None:
     """Write config.json (rank 0) once the run has everything it needs."""
     dist.barrier()
     if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if not (out / "config.json").exists():
-            write_json_atomic(out / "config.json", config.record())
+        record(out, "config.json", config.record())
 
 
 def _load_data(config: TrainConfig, dist: Distributed) -> tuple[ImageSet, ImageSet]:
@@ -435,6 +432,9 @@ def train(
     under torchrun), the run is data-parallel over its processes on `device`.
     """
     config.validate()
+    if group is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise BlockSwapError("WORLD_SIZE > 1 but no process group was given: under torchrun, pass "
+                             "group=setup_distributed().group, or each process trains its own copy into one folder")
     if config.teacher is not None:
         if not Path(config.teacher).is_file():
             raise BlockSwapError(f"teacher file not found: {config.teacher}")

@@ -106,16 +106,18 @@ def _picklable(obj: object, what: str) -> object:
     return obj
 
 
-def _user_block_types() -> list[BlockType]:
-    """The registered types that are not published ones: what a fresh process would lack."""
-    return [t for name, t in registered_block_types().items() if name not in DEFAULT_PALETTE]
+def _user_block_types(names: set[str]) -> list[BlockType]:
+    """The registered types among `names` that are not published ones: what a fresh process would lack."""
+    return [t for name, t in registered_block_types().items() if name in names and name not in DEFAULT_PALETTE]
 
 
 class ScoringPool:
     """Spawned worker processes that build and score candidates; started once, reused for many jobs."""
 
-    def __init__(self, workers: int, batch: tuple[Tensor, Tensor], seed: int, scorer: Scorer) -> None:
-        user_types = _picklable(_user_block_types(), "registered block types")
+    def __init__(self, workers: int, batch: tuple[Tensor, Tensor], seed: int, scorer: Scorer,
+                 block_types: Iterable[str] = ()) -> None:
+        """`block_types`: the names the jobs' genotypes use; user-registered ones among them go to every worker."""
+        user_types = _picklable(_user_block_types(set(block_types)), "registered block types")
         self._pool = ProcessPoolExecutor(
             max_workers=workers,
             mp_context=mp.get_context("spawn"),
@@ -164,5 +166,5 @@ def score_all(jobs: list[tuple[int, Genotype]], seed: int, batch: tuple[Tensor, 
                 score = score_genotype(g, i, seed, batch, scorer)
             yield i, score
         return
-    with ScoringPool(workers, batch, seed, scorer) as pool:
+    with ScoringPool(workers, batch, seed, scorer, {name for _, g in jobs for name in g.blocks}) as pool:
         yield from pool.score(jobs)

@@ -3,8 +3,9 @@
 `bn_relu_pairs` decides which ReLUs may be folded into the BN before them by
 reading each module's own forward as a torch.fx graph with its children as
 leaves: a pair is a BN child whose output is read by a ReLU child and nothing
-else, each called once. Graphs are cached per (module class, children), so a
-search traces each kind of block once, not each candidate. A module whose
+else, each called once. For this package's and torch.nn's modules the pairs
+are cached per (module class, children), so a search traces each kind of
+block once, not each candidate; a user's module is traced every time. A module whose
 forward cannot be traced contributes no pairs (its BNs still run fused,
 without the ReLU).
 """
@@ -113,7 +114,10 @@ def _own_pairs(owner: nn.Module) -> tuple[tuple[str, str], ...]:
     """(BN child, ReLU child) names where the ReLU alone reads the BN's output, from `owner`'s traced forward."""
     children = tuple((name, type(child)) for name, child in owner.named_children())
     key = (type(owner), children)
-    if key in _PAIRS:
+    # Only forwards known to depend on nothing but the children (this package's and torch.nn's) are cached;
+    # a user's module may branch on its own attributes, so it is traced each time.
+    cacheable = type(owner).__module__.startswith(("blockswap.", "torch.nn."))
+    if cacheable and key in _PAIRS:
         return _PAIRS[key]
     pairs: list[tuple[str, str]] = []
     if any(t is nn.BatchNorm2d for _, t in children):
@@ -135,8 +139,9 @@ def _own_pairs(owner: nn.Module) -> tuple[tuple[str, str], ...]:
                 if (user.op == "call_module" and type(owner._modules.get(relu_name)) is nn.ReLU
                         and len(calls.get(relu_name, ())) == 1 and user.args == (nodes[0],) and not user.kwargs):
                     pairs.append((target, relu_name))
-    _PAIRS[key] = tuple(pairs)
-    return _PAIRS[key]
+    if cacheable:
+        _PAIRS[key] = tuple(pairs)
+    return tuple(pairs)
 
 
 def bn_relu_pairs(model: nn.Module) -> Iterator[tuple[nn.Module, str, str]]:

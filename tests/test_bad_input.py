@@ -1,0 +1,280 @@
+"""A table of bad inputs through the real command: exit code 2, one line, no traceback, nothing changed (issue 10).
+
+Each row runs `python -m blockswap ...` in a fresh process against a world of
+real files made once per module: a finished search, a trained teacher, a
+training run, and files that are damaged, of the wrong kind, or crafted to run
+code. Every row must end with one line on stderr naming the problem, exit code
+2, and leave the folders it touched byte-for-byte as they were (and create none).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import blockswap as bs
+from blockswap.training import TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]
+SEARCH = ["search", "--model", "wrn-10-1", "--budget", "40k", "--samples", "2", "--batch-size", "16", "--quiet"]
+STUDENT = ["train", "student", "--data-dir", "{cifar}", "--epochs", "1", "--batch-size", "32", "--train-subset", "64",
+           "--test-subset", "50", "--precision", "fp32", "--quiet"]
+TEACHER = ["train", "teacher", "--model", "wrn-10-1", "--data-dir", "{cifar}", "--epochs", "1", "--batch-size", "32",
+           "--train-subset", "64", "--test-subset", "50", "--precision", "fp32", "--quiet"]
+GENOTYPE = ["--genotype", "{w}/student.json"]
+WITH_TEACHER = ["--teacher", "{teacher}"]
+
+
+class _Payload:
+    """Unpickling this creates {w}/pwned: what a crafted data file would do under plain pickle.load."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return os.system, (f"touch {self.marker}",)
+
+
+def _batches(folder: Path, content: object) -> None:
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps(content, protocol=2))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, cifar_root: Path, tiny_teacher: Path) -> dict[str, Path]:
+    """The folders and files the table's rows point at."""
+    w = tmp_path_factory.mktemp("world")
+    config = bs.SearchConfig(budget=40_000, model="wrn-10-1", samples=2, batch_size=16)
+    bs.run_search(config, w / "search", progress=False, workers=1)
+    for name in ("edited", "duplicated", "garbled", "damaged"):
+        shutil.copytree(w / "search", w / name)
+    lines = (w / "search" / "candidates.csv").read_text().splitlines()
+    fields = lines[1].split(",")
+    (w / "edited" / "candidates.csv").write_text("\n".join([lines[0], ",".join([*fields[:2], "1", *fields[3:]]),
+                                                            *lines[2:]]) + "\n")
+    (w / "duplicated" / "candidates.csv").write_text("\n".join([*lines, lines[1]]) + "\n")
+    (w / "garbled" / "candidates.csv").write_text(lines[0] + "\n0,Conv Conv Conv,x,y,z,w\n")
+    (w / "damaged" / "search.json").write_text('{"budget": 40000, "model": ')
+    (w / "orphan").mkdir()
+    shutil.copy(w / "search" / "candidates.csv", w / "orphan" / "candidates.csv")
+
+    genotype = bs.Genotype.uniform(bs.get_backbone("wrn-10-1"), "G4B2")
+    genotype.save(w / "student.json")
+    (w / "teacher.pt").write_bytes((tiny_teacher / "last.pt").read_bytes())
+    run = TrainConfig(genotype=genotype.to_dict(), data_dir=str(cifar_root), epochs=1, batch_size=32,
+                      train_subset=64, test_subset=50, precision="fp32", teacher=str(w / "teacher.pt"))
+    train(run, w / "run", progress=False)
+    for name in ("run-damaged", "run-junk-checkpoint"):
+        shutil.copytree(w / "run", w / name)
+    (w / "run-damaged" / "config.json").write_text("{not json")
+    (w / "run-junk-checkpoint" / "checkpoint.pt").write_bytes(os.urandom(4096))
+    shutil.copytree(w / "run", w / "run-changed-teacher")
+    (w / "teacher-copy.pt").write_bytes((w / "teacher.pt").read_bytes())
+    changed = json.loads((w / "run-changed-teacher" / "config.json").read_text())
+    changed["teacher"] = str(w / "teacher-copy.pt")
+    (w / "run-changed-teacher" / "config.json").write_text(json.dumps(changed))
+    payload = torch.load(w / "teacher-copy.pt", weights_only=True)
+    payload["test_error_pct"] = -1.0  # the same architecture, another file
+    torch.save(payload, w / "teacher-copy.pt")
+
+    (w / "junk.pt").write_bytes(os.urandom(2048))
+    torch.save(genotype.build().state_dict(), w / "weights-only.pt")
+    (w / "binary.csv").write_bytes(os.urandom(512))
+    (w / "bad.json").write_text("{")
+    (w / "list.json").write_text("[1, 2, 3]")
+    legacy = {"family": "wrn", "width": 1, "num_classes": 10, "blocks": ["Conv"] * 3}
+    (w / "depth-fraction.json").write_text(json.dumps({**legacy, "depth": 16.7}))
+    (w / "depth-huge.json").write_text(json.dumps({**legacy, "depth": 1e300}))
+    (w / "unknown-block.json").write_text(json.dumps({**genotype.to_dict(), "blocks": ["Conv", "Conv9", "Conv"]}))
+    (w / "one-row.csv").write_text(",index,convs,fisher\n0,0,\"['Conv', 'Conv', 'Conv']\",0.0\n")
+    (w / "afile").write_text("a file, not a folder\n")
+    (w / "plugin_raises.py").write_text("raise RuntimeError('broken plugin')\n")
+    _batches(w / "evil" / "cifar-10-batches-py",
+             {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1], "x": _Payload(w / "pwned")})
+    _batches(w / "wrongtype" / "cifar-10-batches-py", [1, 2, 3])
+    _batches(w / "wrongshape" / "cifar-10-batches-py", {"data": np.zeros((2, 5), np.uint8), "labels": [0, 1]})
+    return {"w": w, "cifar": cifar_root, "teacher": w / "teacher.pt"}
+
+
+# (id, argv, what the one line must say, folders that must stay as they are, paths that must not appear)
+CASES: list[tuple[str, list[str], str, list[str], list[str]]] = [
+    # numbers: parsed, finite, in range, integral where they must be
+    ("budget-text", [*SEARCH, "--budget", "lots", "--out", "{new}"], "cannot parse budget 'lots'", [], ["{new}"]),
+    ("budget-fraction", [*SEARCH, "--budget", "0.3", "--out", "{new}"], "must be a positive count", [], ["{new}"]),
+    ("budget-overflow", [*SEARCH, "--budget", "1e400", "--out", "{new}"], "must be a positive count", [], ["{new}"]),
+    ("budget-infinity", [*SEARCH, "--budget", "Infinity", "--out", "{new}"], "cannot parse budget", [], ["{new}"]),
+    ("budget-negative", [*SEARCH, "--budget", "-5", "--out", "{new}"], "cannot parse budget", [], ["{new}"]),
+    ("budget-unreachable", [*SEARCH, "--budget", "1k", "--out", "{new}"], "outside the reachable range", [],
+     ["{new}"]),
+    ("samples-zero", [*SEARCH, "--samples", "0", "--out", "{new}"], "samples must be a positive", [], ["{new}"]),
+    ("samples-negative", [*SEARCH, "--samples", "-3", "--out", "{new}"], "samples must be a positive", [],
+     ["{new}"]),
+    ("samples-fraction", [*SEARCH, "--samples", "1.5", "--out", "{new}"], "invalid int value", [], ["{new}"]),
+    ("batch-zero", [*SEARCH, "--batch-size", "0", "--out", "{new}"], "batch_size must be a positive", [],
+     ["{new}"]),
+    ("tolerance-zero", [*SEARCH, "--tolerance", "0", "--out", "{new}"], "tolerance must be a fraction", [],
+     ["{new}"]),
+    ("tolerance-nan", [*SEARCH, "--tolerance", "nan", "--out", "{new}"], "tolerance must be a fraction", [],
+     ["{new}"]),
+    ("tolerance-big", [*SEARCH, "--tolerance", "1.5", "--out", "{new}"], "tolerance must be a fraction", [],
+     ["{new}"]),
+    ("seed-negative", [*SEARCH, "--seed", "-1", "--out", "{new}"], "seed must be a whole number", [], ["{new}"]),
+    ("seed-huge", [*SEARCH, "--seed", str(2**70), "--out", "{new}"], "seed must be a whole number", [], ["{new}"]),
+    ("seed-fraction", [*SEARCH, "--seed", "1.5", "--out", "{new}"], "invalid int value", [], ["{new}"]),
+    ("workers-zero", [*SEARCH, "--workers", "0", "--out", "{new}"], "must be a positive integer", [], ["{new}"]),
+    ("workers-too-many", [*SEARCH, "--workers", "1000", "--out", "{new}"], "exceeds the", [], ["{new}"]),
+    ("model-unknown", [*SEARCH, "--model", "vgg", "--out", "{new}"], "unknown model 'vgg'", [], ["{new}"]),
+    ("model-depth", [*SEARCH, "--model", "wrn-17-2", "--out", "{new}"], "depth must be 6n+4", [], ["{new}"]),
+    ("model-resnet50", [*SEARCH, "--model", "resnet50", "--out", "{new}"], "ResNet depth must be one of", [],
+     ["{new}"]),
+    ("scorer-unknown", [*SEARCH, "--scorer", "magic", "--out", "{new}"], "invalid choice: 'magic'", [], ["{new}"]),
+    ("scorer-setting-form", [*SEARCH, "--scorer-setting", "nokey", "--out", "{new}"], "expected KEY=VALUE", [],
+     ["{new}"]),
+    ("scorer-setting-unknown", [*SEARCH, "--scorer-setting", "bogus=1", "--out", "{new}"], "does not take settings",
+     [], ["{new}"]),
+    ("palette-unknown", [*SEARCH, "--palette", "Conv,Nope", "--out", "{new}"], "unknown block type 'Nope'", [],
+     ["{new}"]),
+    ("palette-empty", [*SEARCH, "--palette", ",", "--out", "{new}"], "at least one block type", [], ["{new}"]),
+    ("device-cuda", [*SEARCH, "--device", "cuda", "--out", "{new}"], "CUDA is not available", [], ["{new}"]),
+    ("device-bad", [*SEARCH, "--device", "banana", "--out", "{new}"], "invalid device 'banana'", [], ["{new}"]),
+    # places: files where folders belong, unwritable or impossible paths, a batch the data cannot fill
+    ("out-is-file", [*SEARCH, "--out", "{w}/afile"], "is a file", ["{w}/afile"], []),
+    ("out-in-proc", [*SEARCH, "--out", "/proc/blockswap-test/out"], "/proc/blockswap-test", [], []),
+    ("out-name-too-long", [*SEARCH, "--out", "{w}/" + "x" * 300], "File name too long", [], []),
+    ("data-dir-is-file", [*SEARCH, "--data-dir", "{w}/afile", "--out", "{new}"], "is a file", ["{w}/afile"],
+     ["{new}"]),
+    ("data-missing", [*SEARCH, "--data-dir", "{w}/nodata", "--out", "{new}"], "could not download CIFAR-10", [],
+     ["{new}"]),
+    ("batch-larger-than-data", [*SEARCH, "--batch-size", "5000", "--out", "{new}"], "exceeds the 1000 images", [],
+     ["{new}"]),
+    # data files never run code
+    ("data-payload", [*SEARCH, "--data-dir", "{w}/evil", "--out", "{new}"], "never holds; not loaded", [],
+     ["{new}", "{w}/pwned"]),
+    ("data-wrong-type", [*SEARCH, "--data-dir", "{w}/wrongtype", "--out", "{new}"], "cannot read CIFAR-10 batch",
+     [], ["{new}"]),
+    ("data-wrong-shape", [*SEARCH, "--data-dir", "{w}/wrongshape", "--out", "{new}"], "expected uint8 N x 3072",
+     [], ["{new}"]),
+    # output folders that hold something else
+    ("search-other-seed", [*SEARCH, "--seed", "1", "--out", "{w}/search"], "seed: 0 -> 1", ["{w}/search"], []),
+    ("search-other-scorer", [*SEARCH, "--scorer", "reference", "--out", "{w}/search"], "scorer: 'fast' -> 'reference'",
+     ["{w}/search"], []),
+    ("search-damaged-record", [*SEARCH, "--out", "{w}/damaged"], "not a readable search record", ["{w}/damaged"], []),
+    ("search-edited-row", [*SEARCH, "--out", "{w}/edited"], "edited by hand", ["{w}/edited"], []),
+    ("search-duplicated-row", [*SEARCH, "--out", "{w}/duplicated"], "appears twice", ["{w}/duplicated"], []),
+    ("search-garbled-row", [*SEARCH, "--out", "{w}/garbled"], "malformed candidate row", ["{w}/garbled"], []),
+    ("search-rows-without-record", [*SEARCH, "--out", "{w}/orphan"], "exists but", ["{w}/orphan"], []),
+    ("plugin-missing", ["--plugin", "{w}/nope.py", "info", "wrn-10-1"], "plugin file not found", [], []),
+    ("plugin-unimportable", ["--plugin", "no_such_module_xyz", "info", "wrn-10-1"], "cannot import plugin", [], []),
+    ("plugin-raises", ["--plugin", "{w}/plugin_raises.py", "info", "wrn-10-1"], "broken plugin", [], []),
+    ("command-unknown", ["frobnicate"], "invalid choice: 'frobnicate'", [], []),
+    # genotype files
+    ("info-missing", ["info", "{w}/missing.json"], "not found", [], []),
+    ("info-bad-json", ["info", "{w}/bad.json"], "not valid JSON", [], []),
+    ("info-list-json", ["info", "{w}/list.json"], "must be a JSON object", [], []),
+    ("info-binary-csv", ["info", "{w}/binary.csv"], "not a readable genotype CSV", [], []),
+    ("info-depth-fraction", ["info", "{w}/depth-fraction.json"], "'depth' must be a whole number", [], []),
+    ("info-depth-huge", ["info", "{w}/depth-huge.json"], "WRN depth must be 6n+4", [], []),
+    ("info-unknown-block", ["info", "{w}/unknown-block.json"], "unknown block type 'Conv9'", [], []),
+    ("info-neither", ["info", "frob"], "neither a genotype file nor a model name", [], []),
+    ("info-row", ["info", "{w}/one-row.csv", "--model", "wrn-10-1", "--row", "5"], "row 5 requested", [], []),
+    # weight files of the wrong kind
+    ("teacher-junk", [*STUDENT, *GENOTYPE, "--teacher", "{w}/junk.pt", "--out", "{new}"], "as a weight file", [],
+     ["{new}"]),
+    ("teacher-weights-only", [*STUDENT, *GENOTYPE, "--teacher", "{w}/weights-only.pt", "--out", "{new}"],
+     "does not record its architecture", [], ["{new}"]),
+    ("teacher-is-genotype", [*STUDENT, *GENOTYPE, "--teacher", "{w}/student.json", "--out", "{new}"],
+     "as a weight file", [], ["{new}"]),
+    ("teacher-missing", [*STUDENT, *GENOTYPE, "--teacher", "{w}/nope.pt", "--out", "{new}"], "not found", [],
+     ["{new}"]),
+    ("eval-junk", ["eval", "--checkpoint", "{w}/junk.pt", "--data-dir", "{cifar}"], "as a weight file", [], []),
+    ("eval-weights-only", ["eval", "--checkpoint", "{w}/weights-only.pt", "--data-dir", "{cifar}"],
+     "does not record its architecture", [], []),
+    ("eval-missing", ["eval", "--checkpoint", "{w}/nope.pt", "--data-dir", "{cifar}"], "not found", [], []),
+    ("eval-repeats-zero", ["eval", "--checkpoint", "{w}/run/last.pt", "--data-dir", "{cifar}", "--repeats", "0"],
+     "must be a positive integer", [], []),
+    ("eval-data-is-file", ["eval", "--checkpoint", "{w}/run/last.pt", "--data-dir", "{w}/afile"], "is a file",
+     ["{w}/afile"], []),
+    # training settings
+    ("beta-nan", [*STUDENT, *GENOTYPE, *WITH_TEACHER, "--beta", "nan", "--out", "{new}"], "beta must be", [],
+     ["{new}"]),
+    ("beta-infinite", [*STUDENT, *GENOTYPE, *WITH_TEACHER, "--beta", "inf", "--out", "{new}"], "beta must be", [],
+     ["{new}"]),
+    ("kd-alpha", [*STUDENT, *GENOTYPE, *WITH_TEACHER, "--kd-alpha", "2", "--out", "{new}"], "KD alpha", [],
+     ["{new}"]),
+    ("kd-temperature-nan", [*STUDENT, *GENOTYPE, *WITH_TEACHER, "--kd-temperature", "nan", "--out", "{new}"],
+     "KD temperature must be positive", [], ["{new}"]),
+    ("cutout-negative", [*STUDENT, *GENOTYPE, "--no-teacher", "--cutout", "-5", "--out", "{new}"],
+     "cutout must be", [], ["{new}"]),
+    ("cutout-huge", [*STUDENT, *GENOTYPE, "--no-teacher", "--cutout", "100", "--out", "{new}"], "cutout must be",
+     [], ["{new}"]),
+    ("momentum-nan", [*STUDENT, *GENOTYPE, "--no-teacher", "--momentum", "nan", "--out", "{new}"],
+     "momentum and weight decay", [], ["{new}"]),
+    ("lr-zero", [*STUDENT, *GENOTYPE, "--no-teacher", "--lr", "0", "--out", "{new}"], "lr must be positive", [],
+     ["{new}"]),
+    ("epochs-fraction", [*STUDENT, *GENOTYPE, "--no-teacher", "--epochs", "1.5", "--out", "{new}"],
+     "invalid int value", [], ["{new}"]),
+    ("train-seed-huge", [*STUDENT, *GENOTYPE, "--no-teacher", "--seed", str(2**70), "--out", "{new}"],
+     "seed must be a whole number", [], ["{new}"]),
+    ("train-batch-larger-than-subset", [*STUDENT, *GENOTYPE, "--no-teacher", "--batch-size", "5000", "--out",
+                                        "{new}"], "cannot fill one batch", [], ["{new}"]),
+    ("random-without-budget", [*STUDENT, "--random", *WITH_TEACHER, "--out", "{new}"], "needs --budget", [],
+     ["{new}"]),
+    ("all-unknown-type", [*STUDENT, "--all", "Nope", *WITH_TEACHER, "--out", "{new}"], "unknown block type 'Nope'",
+     [], ["{new}"]),
+    # training folders that hold something else
+    ("run-exists", [*TEACHER, "--out", "{w}/run"], "pass --resume", ["{w}/run"], []),
+    ("run-other-settings", [*STUDENT, *GENOTYPE, *WITH_TEACHER, "--lr", "0.05", "--resume", "--out", "{w}/run"],
+     "holds a different run (lr: 0.1 -> 0.05)", ["{w}/run"], []),
+    ("run-damaged-config", [*STUDENT, *GENOTYPE, *WITH_TEACHER, "--resume", "--out", "{w}/run-damaged"],
+     "not a readable training config", ["{w}/run-damaged"], []),
+    ("run-junk-checkpoint", [*STUDENT, *GENOTYPE, *WITH_TEACHER, "--resume", "--out", "{w}/run-junk-checkpoint"],
+     "as a weight file", ["{w}/run-junk-checkpoint"], []),
+    ("run-changed-teacher", [*STUDENT, *GENOTYPE, "--teacher", "{w}/teacher-copy.pt", "--resume", "--out",
+                             "{w}/run-changed-teacher"], "teacher_sha256", ["{w}/run-changed-teacher"], []),
+]
+
+
+def _fill(text: str, world: dict[str, Path]) -> str:
+    return text.format(**{k: str(v) for k, v in world.items()})
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    if folder.is_file():
+        return {folder.name: hashlib.sha256(folder.read_bytes()).hexdigest()}
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_the_table_covers_every_class_with_at_least_60_rows() -> None:
+    assert len(CASES) >= 60 and len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case,argv,message,unchanged,absent", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_exit_code_2(world: dict[str, Path], case: str, argv: list[str], message: str,
+                                               unchanged: list[str], absent: list[str]) -> None:
+    world = {**world, "new": world["w"] / f"new-{case}"}  # a fresh --out per row: one row's leftovers hit no other
+    before = {path: _snapshot(Path(_fill(path, world))) for path in unchanged}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1",
+           "BLOCKSWAP_CIFAR10_URL": (world["w"] / "no-mirror.tar.gz").as_uri()}
+    env.pop("BLOCKSWAP_DEBUG", None)
+    done = subprocess.run([sys.executable, "-m", "blockswap", *(_fill(a, world) for a in argv)], env=env,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert lines[0].startswith("blockswap") and "error: " in lines[0] and message in lines[0], lines[0]
+    for path in unchanged:
+        assert _snapshot(Path(_fill(path, world))) == before[path], f"{path} changed"
+    for path in absent:
+        assert not Path(_fill(path, world)).exists(), f"{path} was created"
