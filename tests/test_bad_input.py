@@ -237,7 +237,7 @@ CASES: list[tuple[str, list[str], str, list[str], list[str]]] = [
     ("run-other-settings", [*STUDENT, *GENOTYPE, *WITH_TEACHER, "--lr", "0.05", "--resume", "--out", "{w}/run"],
      "holds a different run (lr: 0.1 -> 0.05)", ["{w}/run"], []),
     ("run-damaged-config", [*STUDENT, *GENOTYPE, *WITH_TEACHER, "--resume", "--out", "{w}/run-damaged"],
-     "not a readable training config", ["{w}/run-damaged"], []),
+     "not a readable run record", ["{w}/run-damaged"], []),
     ("run-junk-checkpoint", [*STUDENT, *GENOTYPE, *WITH_TEACHER, "--resume", "--out", "{w}/run-junk-checkpoint"],
      "as a weight file", ["{w}/run-junk-checkpoint"], []),
     ("run-changed-teacher", [*STUDENT, *GENOTYPE, "--teacher", "{w}/teacher-copy.pt", "--resume", "--out",

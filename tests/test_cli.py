@@ -61,3 +61,16 @@ def test_bad_budget_string_is_an_argparse_error(capsys: pytest.CaptureFixture[st
         main(["search", "--budget", "lots", "--out", "x"])
     assert e.value.code == 2
     assert "cannot parse budget 'lots'" in capsys.readouterr().err
+
+
+def test_debug_shows_the_traceback_that_a_user_never_sees(tmp_path: Path) -> None:
+    env = {"PATH": "", "HOME": str(tmp_path), "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    quiet = subprocess.run([sys.executable, "-m", "blockswap", "info", str(tmp_path / "missing.json")],
+                           capture_output=True, text=True, timeout=120, env=env)
+    loud = subprocess.run([sys.executable, "-m", "blockswap", "--debug", "info", str(tmp_path / "missing.json")],
+                          capture_output=True, text=True, timeout=120, env=env)
+    also = subprocess.run([sys.executable, "-m", "blockswap", "info", str(tmp_path / "missing.json")],
+                          capture_output=True, text=True, timeout=120, env={**env, "BLOCKSWAP_DEBUG": "1"})
+    assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
+    assert "Traceback" in loud.stderr and "GenotypeError" in loud.stderr
+    assert "Traceback" in also.stderr

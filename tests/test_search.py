@@ -83,3 +83,27 @@ def test_candidate_weights_depend_on_seed_and_index_only() -> None:
     a, b, c = build_candidate(g, 0, 5), build_candidate(g, 0, 5), build_candidate(g, 0, 6)
     wa, wb, wc = (next(m.parameters()) for m in (a, b, c))
     assert wa.equal(wb) and not wa.equal(wc)
+
+
+def test_nan_scores_are_kept_counted_and_never_chosen(tmp_path: Path) -> None:
+    import math
+
+    import blockswap as bs
+
+    if "nan-on-even" not in bs.scorer_names():
+        @bs.register_scorer("nan-on-even")
+        class NanOnEven:
+            """Fisher's value, except NaN for candidates whose first weight is positive (about half of them)."""
+
+            def __call__(self, model, batch):  # type: ignore[no-untyped-def]
+                score = bs.FisherScorer()(model, batch)
+                bad = float(next(model.parameters()).detach().flatten()[0]) > 0
+                return bs.Score(math.nan, score.per_block) if bad else score
+
+    result = run_search(SearchConfig(**{**CONFIG.__dict__, "scorer": "nan-on-even"}), tmp_path, progress=False)
+    rows = _rows(tmp_path)
+    nan_rows = [r for r in rows if r["score"] == "nan"]
+    assert 0 < len(nan_rows) < len(rows) and result.non_finite == len(nan_rows)
+    assert math.isfinite(result.best.score)
+    best = json.loads((tmp_path / "best.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert best["score"] == max(float(r["score"]) for r in rows if r["score"] != "nan")

@@ -167,6 +167,70 @@ def test_each_epoch_walks_a_new_permutation(cifar_root: Path, tmp_path: Path, mo
     assert orders[1] == epoch_order(128, 0, 1).tolist()  # seeded by (seed, epoch): a resumed run replays it
 
 
+class Killed(BaseException):
+    """Stands in for SIGKILL: nothing in the library catches it."""
+
+
+def _comparable(out: Path) -> dict[str, object]:
+    """What an interrupted-and-resumed run must share with an uninterrupted one (wall-clock figures aside)."""
+    clock = {"seconds", "train_images_per_s"}
+    rows = [{k: v for k, v in json.loads(line).items() if k not in clock}
+            for line in (out / "metrics.jsonl").read_text().splitlines()]
+    final = {k: v for k, v in json.loads((out / "final.json").read_text()).items() if k not in clock}
+    files = {name: read_checkpoint(out / name) for name in ("best.pt", "last.pt")}
+    assert files["best.pt"]["epoch"] == final["best_epoch"]  # the three agree with one another
+    assert min(rows, key=lambda r: r["test_error_pct"])["epoch"] == final["best_epoch"]
+    weights = {name: {k: v.tolist() for k, v in f["state_dict"].items()} for name, f in files.items()}
+    return {"rows": rows, "final": final, "weights": weights, "epochs": {n: f["epoch"] for n, f in files.items()}}
+
+
+def test_a_kill_between_any_two_writes_resumes_to_the_same_files(cifar_root: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import blockswap.training as training
+
+    config = _config(cifar_root, epochs=2, batch_size=64, train_subset=512, test_subset=200, precision="fp32",
+                     lr=0.05, seed=1)
+    train(config, tmp_path / "whole", progress=False)
+    expected = _comparable(tmp_path / "whole")
+    assert expected["final"]["best_epoch"] == 2  # epoch 2 rewrites best.pt: the write a kill could leave stale
+    writers = ("save_atomic", "write_json_atomic", "write_text_atomic", "record")
+    real = {name: getattr(training, name) for name in writers}
+    writes: list[str] = []
+
+    def counting(name: str):
+        def write(*args: object, **kwargs: object) -> object:
+            writes.append(name)
+            return real[name](*args, **kwargs)
+        return write
+
+    for name in writers:
+        monkeypatch.setattr(training, name, counting(name))
+    train(config, tmp_path / "count", progress=False)
+    total = len(writes)
+    assert total >= 8  # config, metrics, (best, checkpoint, metrics) x 2, last, final
+    for kill_at in range(total):
+        seen = [0]
+
+        def dying(name: str):
+            def write(*args: object, **kwargs: object) -> object:
+                if seen[0] == kill_at:
+                    raise Killed
+                seen[0] += 1
+                return real[name](*args, **kwargs)
+            return write
+
+        for name in writers:
+            monkeypatch.setattr(training, name, dying(name))
+        out = tmp_path / f"cut{kill_at}"
+        with pytest.raises(Killed):
+            train(config, out, progress=False)
+        for name in writers:
+            monkeypatch.setattr(training, name, real[name])
+        train(config, out, resume=True, progress=False)
+        assert _comparable(out) == expected, f"killed before write {kill_at + 1} of {total} ({writes[kill_at]})"
+        assert not list(out.glob(".*.tmp")), "a temporary file was left behind"
+
+
 def test_step_schedule_divides_by_five_at_30_60_80_percent() -> None:
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     sched = make_scheduler(opt, "step", 200)
