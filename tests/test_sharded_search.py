@@ -74,13 +74,13 @@ def test_fast_worker_pool_matches_fast_in_process(single: Path, tmp_path: Path) 
         assert c.score == pytest.approx(ref[str(c.index)], rel=5e-3)
 
 
-def _torchrun(out: Path, *extra: str) -> subprocess.CompletedProcess:
+def _torchrun(out: Path, *extra: str, scorer: str = "reference") -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc-per-node 2 -m blockswap search ...` on this checkout, loopback only."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
            "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "blockswap", "search", "--budget", "50k", "--model", CONFIG["model"],
-           "--samples", str(CONFIG["samples"]), "--scorer", "reference", "--out", str(out), "--quiet", *extra]
+           "--samples", str(CONFIG["samples"]), "--scorer", scorer, "--out", str(out), "--quiet", *extra]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -134,3 +134,11 @@ def test_cli_defaults_to_the_fast_scorer_and_takes_workers() -> None:
     assert build_parser().parse_args(["search", "--budget", "400k", "--out", "x", "--workers", "3"]).workers == 3
     with pytest.raises(SystemExit):
         build_parser().parse_args(["search", "--budget", "400k", "--out", "x", "--workers", "0"])
+
+
+def test_fast_rows_are_the_same_bytes_for_any_world_size(tmp_path: Path) -> None:
+    bs.run_search(bs.SearchConfig(**CONFIG), tmp_path / "one", progress=False, workers=2)
+    done = _torchrun(tmp_path / "two", "--workers", "1", scorer="fast")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "two" / "candidates.csv").read_bytes() == (tmp_path / "one" / "candidates.csv").read_bytes()
+    assert (tmp_path / "two" / "best.json").read_bytes() == (tmp_path / "one" / "best.json").read_bytes()
