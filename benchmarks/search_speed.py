@@ -62,7 +62,7 @@ def benchmark(budget: int, n: int, model: str, seed: int, data_dir: str | None, 
     scores: dict[str, dict[int, float]] = {k: {} for k in seconds}
     chunk = 4 * workers  # jobs per timed pool round: enough to keep every worker busy to the end
     with ScoringPool(workers, batch, seed, fast) as pool:
-        for _ in pool.score((i, genotypes[i]) for i in warm_up):
+        for _ in pool.score((i, genotypes[i], len(batch[0])) for i in warm_up):
             pass
         for i in warm_up:
             score_genotype(genotypes[i], i, seed, batch, reference)
@@ -75,7 +75,7 @@ def benchmark(budget: int, n: int, model: str, seed: int, data_dir: str | None, 
                     scores[name][i] = score_genotype(genotypes[i], i, seed, batch, scorer).total
                 seconds[name] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            for i, score in pool.score((i, genotypes[i]) for i in idx):
+            for i, score in pool.score((i, genotypes[i], len(batch[0])) for i in idx):
                 scores["fast"][i] = score.total
             seconds["fast"] += time.perf_counter() - t0
     ref = [scores["reference"][i] for i in range(n)]

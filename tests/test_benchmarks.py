@@ -91,3 +91,12 @@ class _Net(nn.Module):
     def forward_taps(self, x: torch.Tensor) -> SimpleNamespace:
         probe = self.body(x)
         return SimpleNamespace(logits=self.head(probe.mean((2, 3))), probes=[probe])
+
+
+def test_screening_benchmark_reports_a_consistent_comparison() -> None:
+    out = _run("screening.py", *SMALL, "--candidates", "6", "--rescore-fraction", "0.5")
+    assert {"full_s", "screened_s", "speedup", "same_pick", "full_pick_screen_rank"} <= set(out)
+    assert out["speedup"] == pytest.approx(out["full_s"] / out["screened_s"])
+    assert out["rescored"] == 3 and 1 <= out["full_pick_screen_rank"] <= 6
+    if out["full_pick_screen_rank"] <= out["rescored"]:  # the paper's pick survived the screen: it is the pick
+        assert out["same_pick"]

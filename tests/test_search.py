@@ -107,3 +107,59 @@ def test_nan_scores_are_kept_counted_and_never_chosen(tmp_path: Path) -> None:
     assert math.isfinite(result.best.score)
     best = json.loads((tmp_path / "best.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert best["score"] == max(float(r["score"]) for r in rows if r["score"] != "nan")
+
+
+SCREENED = SearchConfig(budget=40_000, model="wrn-10-1", samples=6, batch_size=32, seed=3, screen_batch=8,
+                        rescore_fraction=0.5)
+
+
+def test_screening_that_keeps_every_candidate_is_the_paper_search(tmp_path: Path) -> None:
+    keep_all = SearchConfig(**{**SCREENED.__dict__, "rescore_fraction": 1.0})
+    paper = SearchConfig(**{**SCREENED.__dict__, "screen": False})
+    screened, unscreened = run_search(keep_all, tmp_path / "s", progress=False), run_search(paper, tmp_path / "p", progress=False)
+    assert screened.best.index == unscreened.best.index and screened.best.score == unscreened.best.score
+    assert (tmp_path / "s" / "best.json").read_bytes() == (tmp_path / "p" / "best.json").read_bytes()
+    full = {r["index"]: (r["score"], r["score_per_block"]) for r in _rows(tmp_path / "p")}
+    rows = _rows(tmp_path / "s")
+    assert {r["index"]: (r["score"], r["score_per_block"]) for r in rows} == full  # same weights, same batch
+    assert all(r["screen_score"] and r["screen_score"] != r["score"] for r in rows)
+    assert not any(r["screen_score"] for r in _rows(tmp_path / "p"))
+
+
+def test_screened_search_rescores_the_best_screened_fraction(tmp_path: Path) -> None:
+    result = run_search(SCREENED, tmp_path, progress=False)
+    rows = _rows(tmp_path)
+    by_screen = sorted(rows, key=lambda r: (-float(r["screen_score"]), int(r["index"])))
+    assert {r["index"] for r in rows if r["score"]} == {r["index"] for r in by_screen[:3]}  # ceil(0.5 * 6)
+    assert result.scored_now == 3 and result.screened_now == 6
+    best = max((r for r in rows if r["score"]), key=lambda r: float(r["score"]))
+    assert json.loads((tmp_path / "best.json").read_text())["index"] == int(best["index"]) == result.best.index
+
+
+@pytest.mark.parametrize("stage", ["screen", "rescore"])
+def test_resume_mid_screen_or_mid_rescore_gives_the_uninterrupted_rows(tmp_path: Path, stage: str) -> None:
+    run_search(SCREENED, tmp_path / "full", progress=False)
+
+    class Stop(Exception):
+        pass
+
+    seen: list[Candidate] = []
+
+    def stop(c: Candidate) -> None:
+        seen.append(c)
+        rescoring = c.score is not None
+        if (stage == "screen" and len(seen) == 2) or (stage == "rescore" and rescoring):
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_search(SCREENED, tmp_path / "cut", progress=False, on_scored=stop)
+    with (tmp_path / "cut" / "candidates.csv").open("a") as f:
+        f.write("5,Conv")  # a row half-written when the process died
+    again: list[Candidate] = []
+    run_search(SCREENED, tmp_path / "cut", progress=False, on_scored=again.append)
+    if stage == "screen":
+        assert sum(c.score is None for c in again) == 4  # the 4 unscreened, then the 3 re-scored
+    else:
+        assert all(c.score is not None for c in again) and len(again) == 2  # screening done; 2 of 3 re-scored left
+    assert (tmp_path / "cut" / "candidates.csv").read_bytes() == (tmp_path / "full" / "candidates.csv").read_bytes()
+    assert (tmp_path / "cut" / "best.json").read_bytes() == (tmp_path / "full" / "best.json").read_bytes()

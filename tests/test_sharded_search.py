@@ -16,7 +16,7 @@ import blockswap as bs
 from blockswap.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = {"budget": 50_000, "model": "wrn-16-1", "samples": 6, "seed": 0}
+CONFIG = {"budget": 50_000, "model": "wrn-16-1", "samples": 6, "seed": 0, "screen": False}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -74,13 +74,14 @@ def test_fast_worker_pool_matches_fast_in_process(single: Path, tmp_path: Path) 
         assert c.score == pytest.approx(ref[str(c.index)], rel=5e-3)
 
 
-def _torchrun(out: Path, *extra: str, scorer: str = "reference") -> subprocess.CompletedProcess:
+def _torchrun(out: Path, *extra: str, scorer: str = "reference", screen: bool = False) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc-per-node 2 -m blockswap search ...` on this checkout, loopback only."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
            "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "blockswap", "search", "--budget", "50k", "--model", CONFIG["model"],
-           "--samples", str(CONFIG["samples"]), "--scorer", scorer, "--out", str(out), "--quiet", *extra]
+           "--samples", str(CONFIG["samples"]), "--scorer", scorer, "--out", str(out), "--quiet",
+           *([] if screen else ["--no-screen"]), *extra]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -115,7 +116,7 @@ def test_a_cut_rank_leaves_a_part_file_that_resumes(single: Path, tmp_path: Path
     finally:
         dist.destroy_process_group()
     part = (tmp_path / "out" / "candidates.rank0.csv").read_text().splitlines()
-    assert part[0] == "index,genotype,params,macs,score,score_per_block" and len(part) == 3
+    assert part[0] == ",".join(bs.candidates.CSV_FIELDS) and len(part) == 3
     result = bs.run_search(config, tmp_path / "out", progress=False)
     assert result.scored_now == CONFIG["samples"] - 2
     assert (tmp_path / "out" / "candidates.csv").read_bytes() == (single / "candidates.csv").read_bytes()
@@ -142,3 +143,16 @@ def test_fast_rows_are_the_same_bytes_for_any_world_size(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "two" / "candidates.csv").read_bytes() == (tmp_path / "one" / "candidates.csv").read_bytes()
     assert (tmp_path / "two" / "best.json").read_bytes() == (tmp_path / "one" / "best.json").read_bytes()
+
+
+def test_screened_rows_are_the_same_bytes_for_workers_and_ranks(tmp_path: Path) -> None:
+    screened = {**CONFIG, "screen": True, "rescore_fraction": 0.5}
+    bs.run_search(bs.SearchConfig(**screened), tmp_path / "one", progress=False, workers=1)
+    bs.run_search(bs.SearchConfig(**screened), tmp_path / "pool", progress=False, workers=2)
+    done = _torchrun(tmp_path / "two", "--workers", "1", "--rescore-fraction", "0.5", scorer="fast", screen=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = (tmp_path / "one" / "candidates.csv").read_bytes()
+    assert (tmp_path / "pool" / "candidates.csv").read_bytes() == one
+    assert (tmp_path / "two" / "candidates.csv").read_bytes() == one
+    rows = _rows(tmp_path / "one" / "candidates.csv")
+    assert all(r["screen_score"] for r in rows) and sum(bool(r["score"]) for r in rows) == 3

@@ -12,7 +12,7 @@ from pathlib import Path
 import blockswap as bs
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = {"budget": 50_000, "model": "wrn-16-1", "samples": 6, "seed": 2}
+CONFIG = {"budget": 50_000, "model": "wrn-16-1", "samples": 6, "seed": 2, "screen": False}
 
 
 def test_fast_rows_are_the_same_bytes_for_any_number_of_workers(tmp_path: Path) -> None:
@@ -93,8 +93,8 @@ def test_sigterm_is_handled_like_ctrl_c_and_the_search_resumes(tmp_path: Path) -
     assert err.strip().splitlines() == ["blockswap: interrupted; rerun the same command to resume"]
     _assert_gone(family, "SIGTERM")
     lines = (out / "candidates.csv").read_text().splitlines()
-    assert lines[0].startswith("index,") and all(line.count(",") == 5 for line in lines)
+    assert lines[0].startswith("index,") and all(line.count(",") == 7 for line in lines)
     scored = len(lines) - 1
-    config = bs.SearchConfig(budget=50_000, model="wrn-16-1", samples=60)
+    config = bs.SearchConfig(budget=50_000, model="wrn-16-1", samples=60, screen=True)
     assert 0 < scored < 60
-    assert bs.run_search(config, out, progress=False, workers=2).scored_now == 60 - scored
+    assert bs.run_search(config, out, progress=False, workers=2).screened_now == 60 - scored  # cut in the screen

@@ -1,9 +1,12 @@
 """Search rows: one scored candidate each, and the candidates.csv file that holds them.
 
 Columns: index, genotype (block names separated by spaces), params, macs,
-score, score_per_block (space-separated). Floats are written with `repr`, so
-they read back bit for bit. Files of earlier versions, whose score columns
-were called fisher and fisher_per_block, read the same.
+score and score_per_block (on the full probe batch), screen_score and
+screen_score_per_block (on the screening slice of it). A score not computed is
+an empty field: a screened search leaves `score` empty for the candidates it
+did not re-score, an unscreened one leaves the screen columns empty. Floats
+are written with `repr`, so they read back bit for bit. Files of earlier
+versions (columns fisher and fisher_per_block, no screen columns) read the same.
 """
 
 from __future__ import annotations
@@ -20,30 +23,45 @@ from .outdir import write_text_atomic
 
 __all__ = ["CSV_FIELDS", "Candidate", "read_candidates", "write_candidates"]
 
-CSV_FIELDS = ["index", "genotype", "params", "macs", "score", "score_per_block"]
+CSV_FIELDS = ["index", "genotype", "params", "macs", "score", "score_per_block", "screen_score",
+              "screen_score_per_block"]
 _EARLIER_NAMES = {"fisher": "score", "fisher_per_block": "score_per_block"}
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else repr(value)
+
+
+def _numbers(values: tuple[float, ...]) -> str:
+    return " ".join(repr(v) for v in values)
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One scored row of a search."""
+    """One row of a search: a candidate with its full-batch score and/or its screening score."""
 
     index: int
     genotype: Genotype
     params: int
     macs: int
-    score: float
+    score: float | None  # on the full probe batch; None where it was not scored there
     score_per_block: tuple[float, ...] = field(default=())
+    screen_score: float | None = None  # on the screening slice; None where the search did not screen
+    screen_score_per_block: tuple[float, ...] = field(default=())
 
     def csv_line(self) -> str:
         """This candidate as one candidates.csv line (CSV_FIELDS order, no newline); floats round-trip exactly."""
-        per_block = " ".join(repr(v) for v in self.score_per_block)
-        genotype = " ".join(self.genotype.blocks)
-        return f"{self.index},{genotype},{self.params},{self.macs},{self.score!r},{per_block}"
+        return ",".join([str(self.index), " ".join(self.genotype.blocks), str(self.params), str(self.macs),
+                         _number(self.score), _numbers(self.score_per_block), _number(self.screen_score),
+                         _numbers(self.screen_score_per_block)])
+
+
+def _optional(text: str | None) -> float | None:
+    return None if text is None or text == "" else float(text)
 
 
 def read_candidates(path: str | Path, backbone: Backbone) -> list[Candidate]:
-    """Rows of a candidates.csv; a half-written last line (from an interruption) is ignored."""
+    """Rows of a candidates.csv in file order; a half-written last line (from an interruption) is ignored."""
     path = Path(path)
     text = path.read_text()
     if text and not text.endswith("\n"):
@@ -58,8 +76,10 @@ def read_candidates(path: str | Path, backbone: Backbone) -> list[Candidate]:
                     Genotype(backbone, tuple(row["genotype"].split())),
                     int(row["params"]),
                     int(row["macs"]),
-                    float(row["score"]),
+                    _optional(row["score"]),
                     tuple(float(v) for v in row["score_per_block"].split()),
+                    _optional(row.get("screen_score")),
+                    tuple(float(v) for v in (row.get("screen_score_per_block") or "").split()),
                 )
             )
         except (KeyError, ValueError, TypeError, AttributeError) as e:

@@ -129,7 +129,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if not place.is_main:
         return 0
     best = result.best
-    print(f"scored {result.scored_now} new of {len(result.candidates)} candidates in {result.seconds:.1f} s "
+    screened = (f"screened {result.screened_now} new on {config.screen_batch} images, then "
+                if config.screens else "")
+    print(f"{screened}scored {result.scored_now} new of {len(result.candidates)} candidates in {result.seconds:.1f} s "
           f"({config.model}, budget {format_count(config.budget)})")
     print(f"best: #{best.index}  params {best.params:,}  MACs {format_count(best.macs)}  "
           f"{config.scorer} score {best.score:.6g}")

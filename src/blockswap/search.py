@@ -23,10 +23,10 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 import torch.distributed as dist
@@ -44,10 +44,14 @@ from .genotype import Genotype
 from .options import from_record, option
 from .outdir import check_recorded, record, write_json_atomic
 from .sampling import DEFAULT_TOLERANCE, sample_genotypes
-from .scoring import Score, make_scorer, scorer_names
-from .workers import score_all
+from .scoring import make_scorer, scorer_names
+from .workers import Job, Scoring
 
 __all__ = ["SearchConfig", "SearchResult", "run_search"]
+
+
+DEFAULT_SCREEN_BATCH = 32  # images: Spearman 0.993 against the full 128 on 40 WRN-40-2 candidates (issue 12)
+DEFAULT_RESCORE_FRACTION = 0.1  # see benchmarks/README.md: the worst rank of the full pick in the screen order
 
 
 def _names(text: str) -> list[str]:
@@ -72,6 +76,12 @@ class SearchConfig:
         "a registered scorer: fast, or reference (the plain fp32 one fast is checked against)", choices=scorer_names))
     scorer_settings: dict[str, Any] = field(default_factory=dict, metadata=option(
         "keyword settings of the scorer, as JSON values", cli=False))
+    screen: bool = field(default=True, metadata=option(
+        "score every candidate on the whole probe batch, as the paper does, instead of screening on a slice first"))
+    screen_batch: int = field(default=DEFAULT_SCREEN_BATCH, metadata=option(
+        "screening slice: the first N images of the probe batch (no screening when not smaller than --batch-size)"))
+    rescore_fraction: float = field(default=DEFAULT_RESCORE_FRACTION, metadata=option(
+        "fraction of the candidates, best screened first, re-scored on the whole probe batch"))
     palette: list[str] | None = field(default=None, metadata=option(
         "comma-separated block types a slot may take; default: the 23 published types", parse=_names,
         metavar="NAMES"))
@@ -87,6 +97,10 @@ class SearchConfig:
             raise BlockSwapError(f"seed must be a whole number in [0, 2**63), got {self.seed!r}")
         if not isinstance(self.tolerance, (int, float)) or not 0 < self.tolerance < 1:
             raise BlockSwapError(f"tolerance must be a fraction in (0, 1), got {self.tolerance!r}")
+        if isinstance(self.screen_batch, bool) or not isinstance(self.screen_batch, int) or self.screen_batch < 1:
+            raise BlockSwapError(f"screen_batch must be a positive whole number, got {self.screen_batch!r}")
+        if not isinstance(self.rescore_fraction, (int, float)) or not 0 < self.rescore_fraction <= 1:
+            raise BlockSwapError(f"rescore_fraction must be a fraction in (0, 1], got {self.rescore_fraction!r}")
         try:
             json.dumps(self.scorer_settings, allow_nan=False)
         except (TypeError, ValueError):
@@ -100,6 +114,15 @@ class SearchConfig:
 
     def backbone(self) -> Backbone:
         return get_backbone(self.model)
+
+    @property
+    def screens(self) -> bool:
+        """Whether this search screens: asked to, on a slice smaller than the probe batch."""
+        return self.screen and self.screen_batch < self.batch_size
+
+    def rescored(self) -> int:
+        """How many candidates, best screened first, a screened search re-scores on the whole batch."""
+        return max(1, math.ceil(self.rescore_fraction * self.samples - 1e-9))
 
     def palette_types(self) -> Palette:
         """The palette a slot draws from: the named registered types, or the 23 published ones."""
@@ -125,6 +148,7 @@ class SearchResult:
     seconds: float
     scored_now: int
     non_finite: int = 0  # candidates whose score is NaN or infinite: kept in their rows, never chosen
+    screened_now: int = 0  # candidates scored on the screening slice by this call
 
     @property
     def best(self) -> Candidate:
@@ -137,6 +161,8 @@ def _part_path(out: Path, rank: int) -> Path:
 
 def _normalized(saved: Any) -> dict[str, Any]:
     try:
+        if isinstance(saved, dict) and "screen" not in saved:  # recorded before screening existed: unscreened
+            saved = {**saved, "screen": False}
         return asdict(SearchConfig.from_dict(saved))
     except (BlockSwapError, TypeError):
         return saved if isinstance(saved, dict) else {}
@@ -154,15 +180,27 @@ def _trusted_rows(path: Path, genotypes: list[Genotype]) -> dict[int, Candidate]
         if not 0 <= c.index < len(genotypes) or c.genotype != genotypes[c.index]:
             raise BlockSwapError(f"{path}: row {c.index} does not match this search's candidates; "
                                  "use a fresh --out directory")
-        g = c.genotype
-        if (c.params, c.macs) != (g.params(), g.macs()) or len(c.score_per_block) != g.backbone.num_blocks:
+        g, blocks = c.genotype, c.genotype.backbone.num_blocks
+        if ((c.params, c.macs) != (g.params(), g.macs())
+                or (c.score is not None and len(c.score_per_block) != blocks)
+                or (c.screen_score is not None and len(c.screen_score_per_block) != blocks)):
             raise BlockSwapError(f"{path}: row {c.index} has params, MACs or per-block scores that its genotype does "
                                  "not give (edited by hand?); use a fresh --out directory")
-        if c.index in rows:
+        before = rows.get(c.index)
+        if before is not None and not (before.score is None and c.score is not None
+                                       and before.screen_score == c.screen_score):
             raise BlockSwapError(f"{path}: candidate {c.index} appears twice; use a fresh --out directory")
-        if math.isfinite(c.score):
-            rows[c.index] = c
-    return rows
+        rows[c.index] = c  # a screened row, then the same row re-scored: the later line completes the earlier
+    return {i: _finite(c) for i, c in rows.items() if _finite(c) is not None}  # type: ignore[misc]
+
+
+def _finite(c: Candidate) -> Candidate | None:
+    """`c` without the scores that are NaN or infinite (so they are computed again); None if nothing is left."""
+    if c.score is not None and not math.isfinite(c.score):
+        c = replace(c, score=None, score_per_block=())
+    if c.screen_score is not None and not math.isfinite(c.screen_score):
+        c = replace(c, screen_score=None, screen_score_per_block=())
+    return None if c.score is None and c.screen_score is None else c
 
 
 def _prepare_out_dir(out: Path, config: SearchConfig, genotypes: list[Genotype]) -> dict[int, Candidate]:
@@ -181,9 +219,11 @@ def _prepare_out_dir(out: Path, config: SearchConfig, genotypes: list[Genotype])
     for path in [csv_path, *parts]:
         if path.exists():
             for index, row in _trusted_rows(path, genotypes).items():
-                if index in done and done[index] != row:
+                known = done.get(index)
+                if known is not None and known != row and known.screen_score != row.screen_score:
                     raise BlockSwapError(f"{path}: candidate {index} differs from its row in another file")
-                done[index] = row
+                if known is None or known.score is None:
+                    done[index] = row
     write_candidates(csv_path, [done[i] for i in sorted(done)])  # header first, so a cut search resumes
     for path in parts:
         path.unlink()
@@ -191,8 +231,51 @@ def _prepare_out_dir(out: Path, config: SearchConfig, genotypes: list[Genotype])
 
 
 def _rank_key(c: Candidate) -> tuple[float, int]:
-    """Highest finite score first, ties by index; NaN and infinite scores last."""
-    return (-c.score if math.isfinite(c.score) else math.inf, c.index)
+    """Highest finite full-batch score first, ties by index; unscored, NaN and infinite last."""
+    return (-c.score if c.score is not None and math.isfinite(c.score) else math.inf, c.index)
+
+
+def _screen_key(c: Candidate) -> tuple[float, int]:
+    """Highest finite screening score first, ties by index."""
+    s = c.screen_score
+    return (-s if s is not None and math.isfinite(s) else math.inf, c.index)
+
+
+def _score_stage(
+    jobs: list[Job],
+    scoring: Scoring,
+    genotypes: list[Genotype],
+    done: dict[int, Candidate],
+    stream: TextIO,
+    bar: tqdm,
+    screen: bool,
+    on_scored: Callable[[Candidate], None] | None,
+) -> list[Candidate]:
+    """Score the jobs, completing each candidate's row with the new score; rows are streamed as they come."""
+    new = []
+    for i, score in scoring.score(jobs):
+        g, known = genotypes[i], done.get(i)
+        if screen:
+            cand = Candidate(i, g, g.params(), g.macs(), None, (), score.total, score.per_block)
+        else:
+            screened = (known.screen_score, known.screen_score_per_block) if known is not None else (None, ())
+            cand = Candidate(i, g, g.params(), g.macs(), score.total, score.per_block, *screened)
+        stream.write(cand.csv_line() + "\n")
+        stream.flush()
+        new.append(cand)
+        bar.update(1)
+        if on_scored is not None:
+            on_scored(cand)
+    return new
+
+
+def _gather(new: list[Candidate], group: dist.ProcessGroup | None) -> list[Candidate]:
+    """Every rank's new rows, on every rank."""
+    if group is None:
+        return new
+    shares: list[list[Candidate] | None] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(shares, new, group=group)
+    return [c for share in shares for c in share or ()]
 
 
 def run_search(
@@ -207,14 +290,18 @@ def run_search(
     """Sample, score and rank `config.samples` candidates, streaming rows to `out_dir/candidates.csv`.
 
     The scorer is the one `config.scorer` names in the registry, built with
-    `config.scorer_settings`. Writes `best.json` (the highest-scoring genotype
-    with params, macs, score) at the end. Rerunning with the same settings and
-    folder resumes an interrupted search. `workers` > 1 scores in that many
-    spawned processes (a user scorer and user block types must then be
-    picklable). With a `torch.distributed` `group`, this rank scores its share
-    (index % size == rank) and every rank returns the merged result; only group
-    rank 0 writes `candidates.csv` and `best.json`. Rows are the same whichever
-    way the work is split.
+    `config.scorer_settings`. A screened search (`config.screens`) scores every
+    candidate on the first `screen_batch` images of the probe batch, then
+    re-scores the best screened `rescore_fraction` on the whole batch with the
+    same weights; either way the pick is the highest whole-batch score, so it
+    is the paper's pick whenever that candidate survives the screen. Writes
+    `best.json` at the end. Rerunning with the same settings and folder
+    resumes an interrupted search at either stage. `workers` > 1 scores in
+    that many spawned processes (a user scorer and user block types must then
+    be picklable). With a `torch.distributed` `group`, this rank scores its
+    share (index % size == rank) of each stage and every rank returns the
+    merged result; only group rank 0 writes `candidates.csv` and `best.json`.
+    Rows are the same whichever way the work is split.
     """
     start = time.perf_counter()
     scorer = make_scorer(config.scorer, config.scorer_settings)
@@ -226,36 +313,35 @@ def run_search(
     x, y = rank0_first(group, lambda: probe_images(config.data_dir)).probe_batch(config.batch_size, config.seed)
     done = on_rank0(group, lambda: _prepare_out_dir(out, config, genotypes))
     out.mkdir(parents=True, exist_ok=True)  # for ranks on machines that do not share rank 0's disk
-    before = len(done)
-    todo = [(i, genotypes[i]) for i in range(len(genotypes)) if i % world == rank and i not in done]
-    mine = len(range(rank, len(genotypes), world))
-    scored: Iterator[tuple[int, Score]] = iter(())
-    if todo:
-        batch: tuple[Tensor, Tensor] = (x.to(device), y.to(device))
-        scored = score_all(todo, config.seed, batch, scorer, min(workers, len(todo)))
-    stream = out / "candidates.csv" if group is None else _part_path(out, rank)
-    bar = tqdm(total=mine, initial=mine - len(todo), desc="scoring candidates", unit="cand",
-               disable=not progress, dynamic_ncols=True)
-    new: list[Candidate] = []
-    with stream.open("a", newline="") as f, bar:
-        if f.tell() == 0:  # a rank's part file starts with the header, so a cut sharded search reads back
-            f.write(",".join(CSV_FIELDS) + "\n")
-        for i, score in scored:
-            g = genotypes[i]
-            cand = Candidate(i, g, g.params(), g.macs(), score.total, score.per_block)
-            f.write(cand.csv_line() + "\n")
-            f.flush()
-            new.append(cand)
-            bar.update(1)
-            if on_scored is not None:
-                on_scored(cand)
-    if group is not None:
-        shares: list[list[Candidate] | None] = [None] * world
-        dist.all_gather_object(shares, new, group=group)
-        new = [c for share in shares for c in share or ()]
-    done.update((c.index, c) for c in new)
+    before = sum(c.score is not None for c in done.values())
+    screened_before = sum(c.screen_score is not None for c in done.values())
+    mine = [i for i in range(len(genotypes)) if i % world == rank]
+    stream_path = out / "candidates.csv" if group is None else _part_path(out, rank)
+    batch: tuple[Tensor, Tensor] = (x.to(device), y.to(device))
+    names = {name for g in genotypes for name in g.blocks}
+    with (Scoring(workers, batch, config.seed, scorer, names) as scoring,
+          stream_path.open("a", newline="") as stream):
+        if stream.tell() == 0:  # a rank's part file starts with the header, so a cut sharded search reads back
+            stream.write(",".join(CSV_FIELDS) + "\n")
+        finalists = range(len(genotypes))
+        if config.screens:
+            todo = [(i, genotypes[i], config.screen_batch) for i in mine
+                    if i not in done or done[i].screen_score is None]
+            with tqdm(total=len(mine), initial=len(mine) - len(todo), desc="screening candidates", unit="cand",
+                      disable=not progress, dynamic_ncols=True) as bar:
+                new = _score_stage(todo, scoring, genotypes, done, stream, bar, True, on_scored)
+            done.update((c.index, c) for c in _gather(new, group) if c.index not in done or done[c.index].score is None)
+            ranked = sorted(done.values(), key=_screen_key)
+            finalists = sorted(c.index for c in ranked[: config.rescored()])
+        mine = [i for i in finalists if i % world == rank]
+        todo = [(i, genotypes[i], config.batch_size) for i in mine if i not in done or done[i].score is None]
+        desc = "re-scoring the best screened" if config.screens else "scoring candidates"
+        with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, unit="cand", disable=not progress,
+                  dynamic_ncols=True) as bar:
+            new = _score_stage(todo, scoring, genotypes, done, stream, bar, False, on_scored)
+    done.update((c.index, c) for c in _gather(new, group))
     ranked = sorted(done.values(), key=_rank_key)
-    if not math.isfinite(ranked[0].score):
+    if ranked[0].score is None or not math.isfinite(ranked[0].score):
         raise BlockSwapError(f"no candidate has a finite score ({config.scorer}); see {out / 'candidates.csv'}")
     if rank == 0:
         write_candidates(out / "candidates.csv", [done[i] for i in sorted(done)])
@@ -267,5 +353,7 @@ def run_search(
             **best.genotype.to_dict(), "index": best.index, "params": best.params, "macs": best.macs,
             "score": best.score, "scorer": config.scorer, "budget": config.budget, "samples": config.samples,
             "seed": config.seed})
-    return SearchResult(ranked, out, time.perf_counter() - start, len(done) - before,
-                        sum(not math.isfinite(c.score) for c in ranked))
+    scored = [c for c in ranked if c.score is not None]
+    return SearchResult(ranked, out, time.perf_counter() - start, len(scored) - before,
+                        sum(not math.isfinite(c.score) for c in scored),  # type: ignore[arg-type]
+                        sum(c.screen_score is not None for c in ranked) - screened_before)

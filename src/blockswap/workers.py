@@ -35,7 +35,9 @@ from .errors import BlockSwapError
 from .genotype import Genotype
 from .scoring import Score, Scorer
 
-__all__ = ["SCORING_THREADS", "candidate_seed", "build_candidate", "score_genotype", "ScoringPool", "score_all"]
+__all__ = ["SCORING_THREADS", "Job", "candidate_seed", "build_candidate", "score_genotype", "ScoringPool", "Scoring"]
+
+Job = tuple[int, Genotype, int]  # (candidate index, genotype, how many images of the probe batch to score it on)
 
 SCORING_THREADS = 1  # torch threads per scoring on the CPU: one worker per core beats threads, and fixes the rows
 _PARENT_POLL_S = 0.5
@@ -91,11 +93,16 @@ def _init_worker(batch: tuple[Tensor, Tensor], device: str, seed: int, scorer: S
     _worker = _WorkerState((batch[0].to(device), batch[1].to(device)), seed, scorer)
 
 
-def _score_in_worker(index: int, genotype: Genotype) -> tuple[int, Score]:
+def _first(batch: tuple[Tensor, Tensor], images: int) -> tuple[Tensor, Tensor]:
+    """The first `images` images of the batch (all of it when it has no more)."""
+    return batch if images >= len(batch[0]) else (batch[0][:images], batch[1][:images])
+
+
+def _score_in_worker(index: int, genotype: Genotype, images: int) -> tuple[int, Score]:
     w = _worker
     if w is None:
         raise RuntimeError("_score_in_worker runs only in a ScoringPool process")
-    return index, score_genotype(genotype, index, w.seed, w.batch, w.scorer)
+    return index, score_genotype(genotype, index, w.seed, _first(w.batch, images), w.scorer)
 
 
 def _picklable(obj: object, what: str) -> object:
@@ -126,9 +133,9 @@ class ScoringPool:
                       user_types, os.getpid()),
         )
 
-    def score(self, jobs: Iterable[tuple[int, Genotype]]) -> Iterator[tuple[int, Score]]:
-        """(index, score) for each (index, genotype) job, in completion order."""
-        futures = [self._pool.submit(_score_in_worker, i, g) for i, g in jobs]
+    def score(self, jobs: Iterable[Job]) -> Iterator[tuple[int, Score]]:
+        """(index, score) for each (index, genotype, images) job, in completion order."""
+        futures = [self._pool.submit(_score_in_worker, i, g, n) for i, g, n in jobs]
         try:
             for future in as_completed(futures):
                 yield future.result()
@@ -157,14 +164,35 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def score_all(jobs: list[tuple[int, Genotype]], seed: int, batch: tuple[Tensor, Tensor], scorer: Scorer,
-              workers: int) -> Iterator[tuple[int, Score]]:
-    """(index, score) for every (index, genotype) job, in completion order; `workers` > 1 uses a process pool."""
-    if workers <= 1:
-        for i, g in jobs:
-            with _threads(SCORING_THREADS if batch[0].device.type == "cpu" else torch.get_num_threads()):
-                score = score_genotype(g, i, seed, batch, scorer)
-            yield i, score
-        return
-    with ScoringPool(workers, batch, seed, scorer, {name for _, g in jobs for name in g.blocks}) as pool:
-        yield from pool.score(jobs)
+class Scoring:
+    """Scores jobs in this process (`workers` 1) or in a `ScoringPool` started on first use and kept until exit.
+
+    One pool serves every stage of a search (screening, then re-scoring), so
+    workers start once.
+    """
+
+    def __init__(self, workers: int, batch: tuple[Tensor, Tensor], seed: int, scorer: Scorer,
+                 block_types: Iterable[str] = ()) -> None:
+        self.workers, self.batch, self.seed, self.scorer = workers, batch, seed, scorer
+        self.block_types = set(block_types)
+        self._pool: ScoringPool | None = None
+
+    def score(self, jobs: list[Job]) -> Iterator[tuple[int, Score]]:
+        """(index, score) for every job, in completion order."""
+        if self.workers <= 1 or len(jobs) <= 1 and self._pool is None:
+            for i, g, n in jobs:
+                with _threads(SCORING_THREADS if self.batch[0].device.type == "cpu" else torch.get_num_threads()):
+                    score = score_genotype(g, i, self.seed, _first(self.batch, n), self.scorer)
+                yield i, score
+            return
+        if self._pool is None:
+            self._pool = ScoringPool(min(self.workers, len(jobs)), self.batch, self.seed, self.scorer,
+                                     self.block_types)
+        yield from self._pool.score(jobs)
+
+    def __enter__(self) -> Scoring:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.close()
