@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from .blocks import conv_out_size
+from .counts import whole_number
 from .errors import BlockSwapError
 from .options import from_record
 
@@ -46,18 +47,6 @@ class BlockShape:
     @property
     def has_projection(self) -> bool:
         return self.c_in != self.c_out or self.stride != 1
-
-
-def _whole(value: Any, what: str, low: int = 1) -> int:
-    """`value` as an int >= low, refusing floats with a fraction, bools, NaN and strings."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise BlockSwapError(f"{what} must be a whole number, got {value!r}")
-    if value < low:
-        raise BlockSwapError(f"{what} must be at least {low}, got {value}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -92,7 +81,7 @@ class Backbone:
             value = getattr(self, attr)
             if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
                 raise BlockSwapError(f"{self.name}: {attr} must be a list of whole numbers, got {value!r}")
-            object.__setattr__(self, attr, tuple(_whole(v, f"{self.name}: {attr} entry") for v in value))
+            object.__setattr__(self, attr, tuple(whole_number(v, f"{self.name}: {attr} entry") for v in value))
         n = len(self.stage_lengths)
         if n == 0 or len(self.stage_widths) != n or len(self.stage_strides) != n:
             raise BlockSwapError(
@@ -102,7 +91,7 @@ class Backbone:
         if not isinstance(self.post_activation, bool) or not isinstance(self.stem_pool, bool):
             raise BlockSwapError(f"{self.name}: post_activation and stem_pool must be true or false")
         for attr in ("stem_channels", "stem_kernel", "stem_stride", "input_size", "num_classes", "in_channels"):
-            object.__setattr__(self, attr, _whole(getattr(self, attr), f"{self.name}: {attr}"))
+            object.__setattr__(self, attr, whole_number(getattr(self, attr), f"{self.name}: {attr}"))
         if self.stem_kernel % 2 == 0:
             raise BlockSwapError(f"{self.name}: stem_kernel must be odd, got {self.stem_kernel}")
         if self.block_shapes()[-1].size_in < 1 or self.block_shapes()[-1].size_out < 1:
@@ -239,7 +228,7 @@ def get_backbone(name: str, num_classes: int | None = None) -> Backbone:
 @register_backbone("wrn-{depth}-{width}", help="WideResNet, depth 6n+4, e.g. wrn-40-2, wrn-16-1")
 def wide_resnet(depth: int, width: int) -> Backbone:
     """WRN-d-k for 32x32 inputs (Zagoruyko & Komodakis 2016): 3 stages of (d-4)/6 pre-activation blocks."""
-    depth, width = _whole(depth, "WRN depth"), _whole(width, "WRN width")
+    depth, width = whole_number(depth, "WRN depth"), whole_number(width, "WRN width")
     if depth < 10 or (depth - 4) % 6:
         raise BlockSwapError(f"WRN depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 40, ...), got {depth}")
     n = (depth - 4) // 6
@@ -253,7 +242,7 @@ _RESNET_LAYOUTS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 @register_backbone("resnet{depth}", help="torchvision's ResNet-18 or ResNet-34")
 def resnet(depth: int) -> Backbone:
     """ResNet-18/34 in torchvision's layout for 224x224 ImageNet inputs: post-activation BasicBlocks."""
-    if _whole(depth, "ResNet depth") not in _RESNET_LAYOUTS:
+    if whole_number(depth, "ResNet depth") not in _RESNET_LAYOUTS:
         raise BlockSwapError(f"ResNet depth must be one of {sorted(_RESNET_LAYOUTS)}, got {depth}")
     return Backbone(f"resnet{depth}", _RESNET_LAYOUTS[depth], (64, 128, 256, 512), (1, 2, 2, 2),
                     post_activation=True, stem_channels=64, stem_kernel=7, stem_stride=2, stem_pool=True,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
 from .errors import BlockSwapError
 
-__all__ = ["BudgetError", "parse_count", "parse_budget", "format_count"]
+__all__ = ["BudgetError", "parse_count", "parse_budget", "format_count", "whole_number"]
 
 _SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
 
@@ -44,3 +45,15 @@ def format_count(n: float) -> str:
     if n >= 1e3:
         return f"{n / 1e3:.1f}K"
     return str(int(n))
+
+
+def whole_number(value: Any, what: str, low: int = 1) -> int:
+    """`value` as an int >= low (3 or 3.0), refusing floats with a fraction, bools, NaN and text; `what` names it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise BlockSwapError(f"{what} must be a whole number, got {value!r}")
+    if value < low:
+        raise BlockSwapError(f"{what} must be at least {low}, got {value}")
+    return value

@@ -13,7 +13,6 @@ package as the default probe data, so a search needs no download.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import shutil
@@ -30,6 +29,7 @@ import torch
 from torch import Tensor
 
 from .errors import BlockSwapError
+from .outdir import file_digest
 
 __all__ = [
     "DataError",
@@ -168,14 +168,6 @@ def _missing_message(folder: Path) -> str:
     )
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download_cifar10(root: str | Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5) -> Path:
     """Fetch the archive, verify its MD5 and extract it into `root`; returns the batches folder."""
     root = Path(root)
@@ -188,7 +180,7 @@ def download_cifar10(root: str | Path, url: str = CIFAR10_URL, md5: str = CIFAR1
         except (urllib.error.URLError, OSError) as e:
             reason = f"could not download CIFAR-10 from {url} ({e})"
             raise DataError(f"{reason}; {_missing_message(_folder(root))}") from None
-        actual = _md5(archive)
+        actual = file_digest(archive, "md5")
         if actual != md5:
             raise DataError(f"downloaded CIFAR-10 archive has MD5 {actual}, expected {md5}; not extracting it")
         with tarfile.open(archive) as tar:

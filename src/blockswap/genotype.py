@@ -23,6 +23,7 @@ from typing import Any
 
 from .backbones import Backbone, get_backbone
 from .blocks import block_type
+from .counts import whole_number
 from .errors import BlockSwapError
 from .networks import BlockNetwork, build_network, fixed_costs
 from .outdir import write_text_atomic
@@ -129,13 +130,6 @@ class Genotype:
         return f"{self.backbone.name}[{' '.join(self.blocks)}]"
 
 
-def _whole_number(value: Any, what: str) -> int:
-    """`value` as an int when it is one (3 or 3.0), else GenotypeError: 16.7 is not a depth."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
-        raise GenotypeError(f"genotype field {what!r} must be a whole number, got {value!r}")
-    return int(value)
-
-
 def _backbone_of(data: dict[str, Any]) -> Backbone:
     """The backbone a genotype dict names: an embedded spec, a registered model, or an earlier version's family."""
     num_classes = data.get("num_classes")
@@ -148,7 +142,7 @@ def _backbone_of(data: dict[str, Any]) -> Backbone:
     family = data["family"]
     if family not in _LEGACY_FAMILIES:
         raise GenotypeError(f"unknown network family {family!r}; valid choices: {', '.join(_LEGACY_FAMILIES)}")
-    depth, width = (_whole_number(data.get(k, 1), k) for k in ("depth", "width"))
+    depth, width = (whole_number(data.get(k, 1), f"genotype field {k!r}") for k in ("depth", "width"))
     name = _LEGACY_FAMILIES[family].format(depth=depth, width=width)
     return get_backbone(name, num_classes)
 

@@ -11,6 +11,7 @@ file or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -20,8 +21,17 @@ from typing import IO, Any
 
 from .errors import BlockSwapError
 
-__all__ = ["atomic_file", "write_text_atomic", "write_json_atomic", "config_changes", "read_json", "check_recorded",
+__all__ = ["file_digest", "atomic_file", "write_text_atomic", "write_json_atomic", "config_changes", "read_json", "check_recorded",
            "record"]
+
+
+def file_digest(path: str | Path, algorithm: str) -> str:
+    """The hex digest of a file ("md5", "sha256", ...), read in 1 MiB chunks."""
+    h = hashlib.new(algorithm)
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _umask() -> int:

@@ -21,7 +21,6 @@ sums all-reduced, and only rank 0 writes files.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -47,7 +46,7 @@ from .evaluate import error_sums
 from .genotype import Genotype
 from .networks import BlockNetwork
 from .options import from_record, option
-from .outdir import check_recorded, record, write_json_atomic, write_text_atomic
+from .outdir import check_recorded, file_digest, record, write_json_atomic, write_text_atomic
 from .precision import PRECISIONS, autocast, resolve_precision
 from .pruning import PRUNE_METHODS, Pruner, magnitude_scores, nonzero_params, snip_scores
 
@@ -60,7 +59,6 @@ __all__ = [
     "train_step",
     "make_scheduler",
     "epoch_order",
-    "file_sha256",
     "train",
 ]
 
@@ -243,15 +241,6 @@ def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(n, generator=_generator(seed, epoch))
 
 
-def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 _CHECKPOINT_KEYS = ("state_dict", "optimizer", "scheduler", "history", "torch_rng", "masks")
 
 
@@ -338,8 +327,6 @@ def _prune(
     train_set: ImageSet,
 ) -> Pruner:
     """Prune `net` to the budget: magnitude of the teacher's weights (L1), or SNIP on one seeded batch."""
-    if config.prune_budget is None:
-        raise BlockSwapError("pruning needs a budget of non-zero parameters")
     if config.prune == "l1":
         if teacher is None or teacher[1] != genotype:
             raise BlockSwapError("L1 pruning starts from the teacher's weights: the network must be the teacher's")
@@ -348,7 +335,7 @@ def _prune(
     else:
         images, labels = train_set.probe_batch(config.batch_size, config.seed)
         scores = snip_scores(net, images, labels)
-    return Pruner.to_budget(net, scores, config.prune_budget)
+    return Pruner.to_budget(net, scores, config.prune_budget)  # type: ignore[arg-type]  # validate() requires it
 
 
 @dataclass
@@ -371,6 +358,10 @@ class _Run:
     memory_format: torch.memory_format
     progress: bool
     history: list[dict[str, Any]] = field(default_factory=list)
+
+    def write_metrics(self) -> None:
+        """metrics.jsonl as the history holds it: one line per finished epoch."""
+        write_text_atomic(self.out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in self.history))
 
     def weights(self, row: dict[str, Any]) -> dict[str, Any]:
         """What best.pt and last.pt hold: the genotype, the weights, and the epoch's error."""
@@ -438,14 +429,14 @@ def train(
     if config.teacher is not None:
         if not Path(config.teacher).is_file():
             raise BlockSwapError(f"teacher file not found: {config.teacher}")
-        actual = file_sha256(config.teacher)
+        actual = file_digest(config.teacher, "sha256")
         if config.teacher_sha256 not in (None, actual):
             raise BlockSwapError(f"{config.teacher} has SHA-256 {actual}, not the {config.teacher_sha256} asked for")
         config = replace(config, teacher_sha256=actual)
     dist = Distributed.of(group, device)
     run = _start(config, Path(out_dir), resume, dist, progress)
     if dist.is_main:  # exactly the checkpoint's epochs: drops a row written after the last checkpoint
-        write_text_atomic(run.out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in run.history))
+        run.write_metrics()
     for epoch in range(len(run.history), config.epochs):
         row = _epoch(run, epoch)
         if on_epoch is not None:
@@ -481,7 +472,7 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
         save_atomic({**weights, "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
                      "history": run.history, "torch_rng": torch.get_rng_state(),
                      "masks": None if run.pruner is None else run.pruner.state_dict()}, run.out / "checkpoint.pt")
-        write_text_atomic(run.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in run.history))
+        run.write_metrics()
         if run.progress:
             tqdm.write(f"epoch {epoch + 1}/{config.epochs}  lr {lr:.4g}  train loss {row['train_loss']:.4f}  "
                        f"train err {row['train_error_pct']:.2f}%  test err {row['test_error_pct']:.2f}%  "
