@@ -17,7 +17,6 @@ says how small a fraction is safe.
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 import blockswap as bs
 from blockswap.cli import _positive_int
 from blockswap.counts import format_count
-from blockswap.search import DEFAULT_RESCORE_FRACTION, DEFAULT_SCREEN_BATCH
+from blockswap.search import DEFAULT_RESCORE_FRACTION, DEFAULT_SCREEN_BATCH, screen_key
 from search_speed import candidates_parser, default_data_dir
 
 
@@ -47,8 +46,7 @@ def benchmark(budget: int, n: int, model: str, seed: int, data_dir: str | None, 
         full, full_s = _search(bs.SearchConfig(**common, screen=False), Path(tmp) / "full", workers)
         screened, screened_s = _search(bs.SearchConfig(**common, screen_batch=screen_batch, rescore_fraction=fraction),
                                        Path(tmp) / "screened", workers)
-    order = sorted(screened.candidates, key=lambda c: (-c.screen_score if math.isfinite(c.screen_score) else math.inf,
-                                                       c.index))
+    order = sorted(screened.candidates, key=screen_key)
     rank = 1 + [c.index for c in order].index(full.best.index)
     return {"full_s": full_s, "screened_s": screened_s, "speedup": full_s / screened_s,
             "same_pick": screened.best.index == full.best.index, "full_pick_screen_rank": rank,

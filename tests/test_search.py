@@ -163,3 +163,33 @@ def test_resume_mid_screen_or_mid_rescore_gives_the_uninterrupted_rows(tmp_path:
         assert all(c.score is not None for c in again) and len(again) == 2  # screening done; 2 of 3 re-scored left
     assert (tmp_path / "cut" / "candidates.csv").read_bytes() == (tmp_path / "full" / "candidates.csv").read_bytes()
     assert (tmp_path / "cut" / "best.json").read_bytes() == (tmp_path / "full" / "best.json").read_bytes()
+
+
+def test_a_nan_screened_candidate_that_was_rescored_resumes(tmp_path: Path) -> None:
+    """NaN on the slice, a real score on the whole batch: a cut re-scoring stage resumes to the same rows."""
+    import math
+
+    import blockswap as bs
+
+    if "nan-on-slice" not in bs.scorer_names():
+        @bs.register_scorer("nan-on-slice")
+        class NanOnSlice:
+            def __call__(self, model, batch):  # type: ignore[no-untyped-def]
+                score = bs.FisherScorer()(model, batch)
+                return bs.Score(math.nan, score.per_block) if len(batch[0]) < 32 else score
+
+    config = SearchConfig(**{**SCREENED.__dict__, "scorer": "nan-on-slice", "rescore_fraction": 1.0})
+    run_search(config, tmp_path / "full", progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop(c: Candidate) -> None:
+        if c.score is not None:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_search(config, tmp_path / "cut", progress=False, on_scored=stop)
+    result = run_search(config, tmp_path / "cut", progress=False)
+    assert result.scored_now == 5  # candidate 0 kept its NaN screen and its score; the rest (NaN only) are redone
+    assert (tmp_path / "cut" / "candidates.csv").read_bytes() == (tmp_path / "full" / "candidates.csv").read_bytes()

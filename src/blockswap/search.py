@@ -47,7 +47,7 @@ from .sampling import DEFAULT_TOLERANCE, sample_genotypes
 from .scoring import make_scorer, scorer_names
 from .workers import Job, Scoring
 
-__all__ = ["SearchConfig", "SearchResult", "run_search"]
+__all__ = ["SearchConfig", "SearchResult", "run_search", "screen_key"]
 
 
 DEFAULT_SCREEN_BATCH = 32  # images: Spearman 0.993 against the full 128 on 40 WRN-40-2 candidates (issue 12)
@@ -188,17 +188,26 @@ def _trusted_rows(path: Path, genotypes: list[Genotype]) -> dict[int, Candidate]
                                  "not give (edited by hand?); use a fresh --out directory")
         before = rows.get(c.index)
         if before is not None and not (before.score is None and c.score is not None
-                                       and before.screen_score == c.screen_score):
+                                       and _same(before.screen_score, c.screen_score)):
             raise BlockSwapError(f"{path}: candidate {c.index} appears twice; use a fresh --out directory")
         rows[c.index] = c  # a screened row, then the same row re-scored: the later line completes the earlier
-    return {i: _finite(c) for i, c in rows.items() if _finite(c) is not None}  # type: ignore[misc]
+    kept = {i: _finite(c) for i, c in rows.items()}
+    return {i: c for i, c in kept.items() if c is not None}
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    """Whether two recorded scores are the same value (NaN the same as NaN, as the file writes both alike)."""
+    return a == b or (a is not None and b is not None and math.isnan(a) and math.isnan(b))
 
 
 def _finite(c: Candidate) -> Candidate | None:
-    """`c` without the scores that are NaN or infinite (so they are computed again); None if nothing is left."""
+    """`c` without the scores that are NaN or infinite (so they are computed again); None if nothing is left.
+
+    A screening score is kept, whatever it is, once the candidate has a finite whole-batch score: its screen is over.
+    """
     if c.score is not None and not math.isfinite(c.score):
         c = replace(c, score=None, score_per_block=())
-    if c.screen_score is not None and not math.isfinite(c.screen_score):
+    if c.score is None and c.screen_score is not None and not math.isfinite(c.screen_score):
         c = replace(c, screen_score=None, screen_score_per_block=())
     return None if c.score is None and c.screen_score is None else c
 
@@ -220,7 +229,7 @@ def _prepare_out_dir(out: Path, config: SearchConfig, genotypes: list[Genotype])
         if path.exists():
             for index, row in _trusted_rows(path, genotypes).items():
                 known = done.get(index)
-                if known is not None and known != row and known.screen_score != row.screen_score:
+                if known is not None and not _same(known.screen_score, row.screen_score):
                     raise BlockSwapError(f"{path}: candidate {index} differs from its row in another file")
                 if known is None or known.score is None:
                     done[index] = row
@@ -230,15 +239,19 @@ def _prepare_out_dir(out: Path, config: SearchConfig, genotypes: list[Genotype])
     return done
 
 
+def _best_first(score: float | None, index: int) -> tuple[float, int]:
+    """Sort key: highest finite score first, ties by index; missing, NaN and infinite scores last."""
+    return (-score if score is not None and math.isfinite(score) else math.inf, index)
+
+
 def _rank_key(c: Candidate) -> tuple[float, int]:
-    """Highest finite full-batch score first, ties by index; unscored, NaN and infinite last."""
-    return (-c.score if c.score is not None and math.isfinite(c.score) else math.inf, c.index)
+    """The pick's order: by whole-batch score."""
+    return _best_first(c.score, c.index)
 
 
-def _screen_key(c: Candidate) -> tuple[float, int]:
-    """Highest finite screening score first, ties by index."""
-    s = c.screen_score
-    return (-s if s is not None and math.isfinite(s) else math.inf, c.index)
+def screen_key(c: Candidate) -> tuple[float, int]:
+    """The screening order (whose head a screened search re-scores): by screening score."""
+    return _best_first(c.screen_score, c.index)
 
 
 def _score_stage(
@@ -330,8 +343,8 @@ def run_search(
             with tqdm(total=len(mine), initial=len(mine) - len(todo), desc="screening candidates", unit="cand",
                       disable=not progress, dynamic_ncols=True) as bar:
                 new = _score_stage(todo, scoring, genotypes, done, stream, bar, True, on_scored)
-            done.update((c.index, c) for c in _gather(new, group) if c.index not in done or done[c.index].score is None)
-            ranked = sorted(done.values(), key=_screen_key)
+            done.update((c.index, c) for c in _gather(new, group))  # only candidates with no score were screened
+            ranked = sorted(done.values(), key=screen_key)
             finalists = sorted(c.index for c in ranked[: config.rescored()])
         mine = [i for i in finalists if i % world == rank]
         todo = [(i, genotypes[i], config.batch_size) for i in mine if i not in done or done[i].score is None]
