@@ -27,6 +27,7 @@ from .errors import BlockSwapError
 from .evaluate import EvalReport, evaluate_checkpoint
 from .genotype import Genotype, GenotypeError, load_genotype
 from .networks import BlockNetwork, Taps, build_network, fixed_costs
+from .proxies import RecipeSteps, TrainedScorer, average_scores
 from .pruning import Pruner, nonzero_params
 from .sampling import CostTable, sample_genotypes
 from .scoring import FastFisherScorer, FisherScorer, Score, Scorer, make_scorer, register_scorer, scorer_names
@@ -54,6 +55,9 @@ __all__ = [
     "EvalReport",
     "FastFisherScorer",
     "FisherScorer",
+    "RecipeSteps",
+    "TrainedScorer",
+    "average_scores",
     "Genotype",
     "GenotypeError",
     "ImageSet",

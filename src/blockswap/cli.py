@@ -38,6 +38,7 @@ from .options import add_options, argparse_type, values
 from .precision import PRECISIONS
 from .pruning import PRUNE_METHODS
 from .search import SearchConfig, run_search
+from .study import StudyConfig, parse_sizes, run_study, study_samples
 from .training import TrainConfig, train
 
 __all__ = ["main", "build_parser", "load_plugin"]
@@ -306,6 +307,68 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_study(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("study", help="measure how well proxies rank students by the error they train to",
+                       description="The paper's ranking study (sections 4.2 and 4.3).")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    r = kinds.add_parser("rank", help="score a seeded pool with every proxy, train every candidate, report",
+                         description="Sample --candidates students of --budget, score each with every --proxies "
+                         "entry, train each with the recipe once per --train-seeds entry, and write results.csv, "
+                         "study.json, report.md and proxies.png to --out. Rerun the same command to resume: "
+                         "finished candidates are not trained again. Works under torchrun (candidates split "
+                         "over ranks).")
+    add_options(r, StudyConfig)
+    r.add_argument("--workers", type=_positive_int, default=1,
+                   help="candidates scored and trained at once, each in its own process with an equal share of "
+                   "the CPU threads (several share one GPU) (default: 1)")
+    r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    r.add_argument("--out", required=True, type=Path, help="output folder; rerun with the same one to resume")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=_cmd_study_rank)
+    s = kinds.add_parser("samples", help="expected error of the best-by-proxy of n samples, from a finished study",
+                         description="From the results.csv of `blockswap study rank`, the expected test error "
+                         "of the candidate each proxy picks among n random samples (exact over all draws, with "
+                         "a 5-95%% range by resampling), beside a random pick and the best of n; writes "
+                         "samples.csv and samples.png to the study folder.")
+    s.add_argument("--study", required=True, type=Path, help="folder of a finished `blockswap study rank`")
+    s.add_argument("--sizes", type=argparse_type(parse_sizes), default=None,
+                   help="comma-separated n (default: 1, 2, 5, 10, 20, ... up to the pool)")
+    s.add_argument("--proxies", type=argparse_type(lambda t: [n.strip() for n in t.split(",") if n.strip()]),
+                   default=None, help="comma-separated proxy columns (default: all)")
+    s.set_defaults(func=_cmd_study_samples)
+
+
+def _cmd_study_rank(args: argparse.Namespace) -> int:
+    config = StudyConfig(**values(args, StudyConfig))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    place = setup_distributed(_device(args.device))
+    if place.device.type == "cpu" and args.workers > cores:
+        raise BlockSwapError(f"--workers {args.workers} exceeds the {cores} CPU cores this process may use")
+    try:
+        report = run_study(config, args.out, workers=args.workers, device=place.device,
+                           progress=place.is_main and not args.quiet, group=place.group)
+    finally:
+        place.close()
+    if not place.is_main:
+        return 0
+    best = min(report["proxies"].items(), key=lambda kv: kv[1]["spearman"] if kv[1]["spearman"] == kv[1]["spearman"]
+               else float("inf"))
+    print(f"{report['candidates']} candidates; most negative Spearman: {best[0]} {best[1]['spearman']:.3f} "
+          f"[{best[1]['spearman_low']:.3f}, {best[1]['spearman_high']:.3f}]")
+    print(f"wrote {args.out / 'results.csv'}, study.json, report.md and proxies.png")
+    return 0
+
+
+def _cmd_study_samples(args: argparse.Namespace) -> int:
+    table = study_samples(args.study, args.sizes, args.proxies)
+    for row in table:
+        print(f"{row['proxy']:>16s}  n={row['n']:<5d} expected {row['expected_error_pct']:.2f}%  "
+              f"(5-95% {row['p05_error_pct']:.2f}-{row['p95_error_pct']:.2f})  oracle {row['oracle_error_pct']:.2f}%  "
+              f"random {row['random_error_pct']:.2f}%")
+    print(f"wrote {args.study / 'samples.csv'} and {args.study / 'samples.png'}")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with its errors as one line (`blockswap <command>: error: ...`) and exit code 2."""
 
@@ -325,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_train(sub)
     _add_eval(sub)
+    _add_study(sub)
     return parser
 
 

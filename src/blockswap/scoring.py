@@ -12,6 +12,7 @@ needs and is what a search uses by default.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ class FisherScorer:
     """
 
     name = "reference"
+    log_average = True  # positive: several initialisations average as the mean of the log
 
     def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score:
         x, y = batch
@@ -113,6 +115,7 @@ class FastFisherScorer:
     """
 
     name = "fast"
+    log_average = True
 
     def __init__(self, channels_last: bool = True) -> None:
         self.channels_last = channels_last
@@ -170,16 +173,27 @@ def scorer_names() -> list[str]:
     return list(_REGISTRY)
 
 
-def make_scorer(name: str, settings: dict[str, Any] | None = None) -> Scorer:
-    """The scorer registered under `name`, built with `settings` as keyword arguments."""
+def make_scorer(name: str, settings: dict[str, Any] | None = None, context: dict[str, Any] | None = None) -> Scorer:
+    """The scorer registered under `name`, built with `settings` as keyword arguments.
+
+    `context` holds what the caller knows (a search's `data_dir`, say): each
+    entry the factory takes and `settings` does not set is passed too.
+    """
     try:
         factory = _REGISTRY[name]
     except (KeyError, TypeError):
         raise BlockSwapError(
             f"unknown scorer {name!r}; valid choices: {', '.join(_REGISTRY)} (a plugin may register more)"
         ) from None
+    settings = dict(settings or {})
+    if context:
+        try:
+            accepted = inspect.signature(factory).parameters
+        except (TypeError, ValueError):
+            accepted = {}
+        settings = {**{k: v for k, v in context.items() if k in accepted}, **settings}
     try:
-        return factory(**(settings or {}))
+        return factory(**settings)
     except TypeError as e:
         raise BlockSwapError(f"scorer {name!r} does not take settings {settings!r}: {e}") from None
 

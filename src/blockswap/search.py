@@ -44,6 +44,7 @@ from .genotype import Genotype
 from .options import from_record, option
 from .outdir import check_recorded, record, write_json_atomic
 from .sampling import DEFAULT_TOLERANCE, sample_genotypes
+from .proxies import PROXIES  # noqa: F401  (registers the proxies, so a search can name them)
 from .scoring import make_scorer, scorer_names
 from .workers import Job, Scoring
 
@@ -73,7 +74,9 @@ class SearchConfig:
     data_dir: str | None = field(default=None, metadata=option(
         "CIFAR-10 folder (downloaded there if missing); default: the embedded 1,000-image sample"))
     scorer: str = field(default="fast", metadata=option(
-        "a registered scorer: fast, or reference (the plain fp32 one fast is checked against)", choices=scorer_names))
+        "a registered scorer: fast (Fisher potential; also named fisher), reference (plain fp32 Fisher), or a proxy "
+        "of the ranking study (blockswap.proxies; trained takes --scorer-setting proxy=NAME steps=K)",
+        choices=scorer_names))
     scorer_settings: dict[str, Any] = field(default_factory=dict, metadata=option(
         "keyword settings of the scorer, as JSON values", cli=False))
     screen: bool = field(default=True, metadata=option(
@@ -82,6 +85,8 @@ class SearchConfig:
         "screening slice: the first N images of the probe batch (no screening when not smaller than --batch-size)"))
     rescore_fraction: float = field(default=DEFAULT_RESCORE_FRACTION, metadata=option(
         "fraction of the candidates, best screened first, re-scored on the whole probe batch"))
+    inits: int = field(default=1, metadata=option(
+        "initialisations scored per candidate and averaged (mean of the log score for positive scorers)"))
     palette: list[str] | None = field(default=None, metadata=option(
         "comma-separated block types a slot may take; default: the 23 published types", parse=_names,
         metavar="NAMES"))
@@ -89,7 +94,7 @@ class SearchConfig:
     def __post_init__(self) -> None:
         """Refuse settings a search cannot run with, naming the first bad one."""
         self.budget = parse_budget(self.budget)
-        for name in ("samples", "batch_size"):
+        for name in ("samples", "batch_size", "inits"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise BlockSwapError(f"{name} must be a positive whole number, got {value!r}")
@@ -182,8 +187,8 @@ def _trusted_rows(path: Path, genotypes: list[Genotype]) -> dict[int, Candidate]
                                  "use a fresh --out directory")
         g, blocks = c.genotype, c.genotype.backbone.num_blocks
         if ((c.params, c.macs) != (g.params(), g.macs())
-                or (c.score is not None and len(c.score_per_block) != blocks)
-                or (c.screen_score is not None and len(c.screen_score_per_block) != blocks)):
+                or (c.score is not None and len(c.score_per_block) not in (0, blocks))
+                or (c.screen_score is not None and len(c.screen_score_per_block) not in (0, blocks))):
             raise BlockSwapError(f"{path}: row {c.index} has params, MACs or per-block scores that its genotype does "
                                  "not give (edited by hand?); use a fresh --out directory")
         before = rows.get(c.index)
@@ -317,7 +322,7 @@ def run_search(
     Rows are the same whichever way the work is split.
     """
     start = time.perf_counter()
-    scorer = make_scorer(config.scorer, config.scorer_settings)
+    scorer = make_scorer(config.scorer, config.scorer_settings, {"data_dir": config.data_dir, "seed": config.seed})
     genotypes = sample_genotypes(config.backbone(), config.budget, config.samples, config.tolerance, config.seed,
                                  config.palette_types())
     out = Path(out_dir)
@@ -332,7 +337,7 @@ def run_search(
     stream_path = out / "candidates.csv" if group is None else _part_path(out, rank)
     batch: tuple[Tensor, Tensor] = (x.to(device), y.to(device))
     names = {name for g in genotypes for name in g.blocks}
-    with (Scoring(workers, batch, config.seed, scorer, names) as scoring,
+    with (Scoring(workers, batch, config.seed, scorer, names, config.inits) as scoring,
           stream_path.open("a", newline="") as stream):
         if stream.tell() == 0:  # a rank's part file starts with the header, so a cut sharded search reads back
             stream.write(",".join(CSV_FIELDS) + "\n")

@@ -33,9 +33,10 @@ from torch import Tensor, nn
 from .blocks import DEFAULT_PALETTE, BlockType, register_block_type, registered_block_types
 from .errors import BlockSwapError
 from .genotype import Genotype
+from .proxies import average_scores
 from .scoring import Score, Scorer
 
-__all__ = ["SCORING_THREADS", "Job", "candidate_seed", "build_candidate", "score_genotype", "ScoringPool", "Scoring"]
+__all__ = ["SCORING_THREADS", "Job", "watch_parent", "candidate_seed", "build_candidate", "score_genotype", "ScoringPool", "Scoring"]
 
 Job = tuple[int, Genotype, int]  # (candidate index, genotype, how many images of the probe batch to score it on)
 
@@ -43,22 +44,29 @@ SCORING_THREADS = 1  # torch threads per scoring on the CPU: one worker per core
 _PARENT_POLL_S = 0.5
 
 
-def candidate_seed(seed: int, index: int) -> int:
-    """The torch seed for candidate `index`'s initial weights."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+def candidate_seed(seed: int, index: int, draw: int = 0) -> int:
+    """The torch seed for candidate `index`'s initial weights (its `draw`-th initialisation)."""
+    key = [seed, index] if draw == 0 else [seed, index, draw]
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
 
 
-def build_candidate(genotype: Genotype, seed: int, index: int) -> nn.Module:
+def build_candidate(genotype: Genotype, seed: int, index: int, draw: int = 0) -> nn.Module:
     """Candidate `index`'s network with its reproducible initial weights; global RNG untouched."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(candidate_seed(seed, index))
+        torch.manual_seed(candidate_seed(seed, index, draw))
         return genotype.build()
 
 
-def score_genotype(genotype: Genotype, index: int, seed: int, batch: tuple[Tensor, Tensor], scorer: Scorer) -> Score:
-    """Build candidate `index` with its seed on the batch's device and score it."""
-    model = build_candidate(genotype, seed, index).to(batch[0].device)
-    return scorer(model, batch)
+def score_genotype(genotype: Genotype, index: int, seed: int, batch: tuple[Tensor, Tensor], scorer: Scorer,
+                   inits: int = 1) -> Score:
+    """Build candidate `index` with its seed on the batch's device and score it.
+
+    With `inits` > 1, the score is the average over that many initialisations
+    (`blockswap.proxies.average_scores`; draw 0 is the single-initialisation one).
+    """
+    scores = [scorer(build_candidate(genotype, seed, index, draw).to(batch[0].device), batch)
+              for draw in range(inits)]
+    return average_scores(scores, getattr(scorer, "log_average", True))
 
 
 @dataclass
@@ -68,29 +76,30 @@ class _WorkerState:
     batch: tuple[Tensor, Tensor]
     seed: int
     scorer: Scorer
+    inits: int
 
 
 _worker: _WorkerState | None = None
 
 
-def _exit_with_parent(parent: int) -> None:
+def watch_parent(parent: int) -> None:
     """End this process as soon as `parent` is gone (its children are then adopted by another process)."""
     while os.getppid() == parent:
         time.sleep(_PARENT_POLL_S)
     os._exit(1)
 
 
-def _init_worker(batch: tuple[Tensor, Tensor], device: str, seed: int, scorer: Scorer,
+def _init_worker(batch: tuple[Tensor, Tensor], device: str, seed: int, scorer: Scorer, inits: int,
                  user_types: list[BlockType], parent: int) -> None:
     """Runs once in each pool process: register the parent's user block types, keep the shared inputs."""
     global _worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="blockswap-parent-watch").start()
+    threading.Thread(target=watch_parent, args=(parent,), daemon=True, name="blockswap-parent-watch").start()
     torch.set_num_threads(SCORING_THREADS)
     for block in user_types:
         register_block_type(block)
-    _worker = _WorkerState((batch[0].to(device), batch[1].to(device)), seed, scorer)
+    _worker = _WorkerState((batch[0].to(device), batch[1].to(device)), seed, scorer, inits)
 
 
 def _first(batch: tuple[Tensor, Tensor], images: int) -> tuple[Tensor, Tensor]:
@@ -102,7 +111,7 @@ def _score_in_worker(index: int, genotype: Genotype, images: int) -> tuple[int, 
     w = _worker
     if w is None:
         raise RuntimeError("_score_in_worker runs only in a ScoringPool process")
-    return index, score_genotype(genotype, index, w.seed, _first(w.batch, images), w.scorer)
+    return index, score_genotype(genotype, index, w.seed, _first(w.batch, images), w.scorer, w.inits)
 
 
 def _picklable(obj: object, what: str) -> object:
@@ -122,7 +131,7 @@ class ScoringPool:
     """Spawned worker processes that build and score candidates; started once, reused for many jobs."""
 
     def __init__(self, workers: int, batch: tuple[Tensor, Tensor], seed: int, scorer: Scorer,
-                 block_types: Iterable[str] = ()) -> None:
+                 block_types: Iterable[str] = (), inits: int = 1) -> None:
         """`block_types`: the names the jobs' genotypes use; user-registered ones among them go to every worker."""
         user_types = _picklable(_user_block_types(set(block_types)), "registered block types")
         self._pool = ProcessPoolExecutor(
@@ -130,7 +139,7 @@ class ScoringPool:
             mp_context=mp.get_context("spawn"),
             initializer=_init_worker,
             initargs=((batch[0].cpu(), batch[1].cpu()), str(batch[0].device), seed, _picklable(scorer, "scorer"),
-                      user_types, os.getpid()),
+                      inits, user_types, os.getpid()),
         )
 
     def score(self, jobs: Iterable[Job]) -> Iterator[tuple[int, Score]]:
@@ -172,8 +181,8 @@ class Scoring:
     """
 
     def __init__(self, workers: int, batch: tuple[Tensor, Tensor], seed: int, scorer: Scorer,
-                 block_types: Iterable[str] = ()) -> None:
-        self.workers, self.batch, self.seed, self.scorer = workers, batch, seed, scorer
+                 block_types: Iterable[str] = (), inits: int = 1) -> None:
+        self.workers, self.batch, self.seed, self.scorer, self.inits = workers, batch, seed, scorer, inits
         self.block_types = set(block_types)
         self._pool: ScoringPool | None = None
 
@@ -182,12 +191,12 @@ class Scoring:
         if self.workers <= 1 or len(jobs) <= 1 and self._pool is None:
             for i, g, n in jobs:
                 with _threads(SCORING_THREADS if self.batch[0].device.type == "cpu" else torch.get_num_threads()):
-                    score = score_genotype(g, i, self.seed, _first(self.batch, n), self.scorer)
+                    score = score_genotype(g, i, self.seed, _first(self.batch, n), self.scorer, self.inits)
                 yield i, score
             return
         if self._pool is None:
             self._pool = ScoringPool(min(self.workers, len(jobs)), self.batch, self.seed, self.scorer,
-                                     self.block_types)
+                                     self.block_types, self.inits)
         yield from self._pool.score(jobs)
 
     def __enter__(self) -> Scoring:

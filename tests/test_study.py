@@ -1,0 +1,152 @@
+"""The ranking study: outputs, resuming after an interruption, nothing retrained on a rerun, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("scipy")
+pytest.importorskip("matplotlib")
+
+from blockswap import study as study_module  # noqa: E402
+from blockswap.errors import BlockSwapError  # noqa: E402
+from blockswap.study import StudyConfig, parse_proxy, read_results, run_study, study_samples  # noqa: E402
+
+
+def _config(cifar_root: Path, **changes: object) -> StudyConfig:
+    base = StudyConfig(budget=40_000, data_dir=str(cifar_root), model="wrn-10-1", candidates=4,
+                       proxies=["fisher", "synflow", "params", "l2@2", "accuracy@2"], inits=2, average=["fisher"],
+                       batch_size=32, epochs=1, train_subset=96, test_subset=64, train_seeds=[0, 1])
+    return replace(base, **changes)
+
+
+@pytest.fixture(scope="module")
+def finished(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("study")
+    run_study(_config(cifar_root), out, progress=False)
+    return out
+
+
+def test_a_study_writes_its_four_outputs(finished: Path, cifar_root: Path) -> None:
+    for name in ("results.csv", "study.json", "report.md", "proxies.png"):
+        assert (finished / name).is_file(), name
+    rows = read_results(finished)
+    config = _config(cifar_root)
+    assert [r["index"] for r in rows] == [0, 1, 2, 3]
+    assert [r["genotype"] for r in rows] == [" ".join(g.blocks) for g in config.genotypes()]
+    for r in rows:
+        assert r["params"] == r["params"]  # the params proxy is the count column itself
+        assert r["test_error_pct"] == pytest.approx((r["test_error_pct_seed0"] + r["test_error_pct_seed1"]) / 2)
+        assert r["fisher.mean2"] > 0
+    report = json.loads((finished / "study.json").read_text())
+    assert set(report["proxies"]) == {"fisher", "synflow", "params", "l2@2", "accuracy@2", "fisher.mean2"}
+    assert report["noise_ceiling"]["seeds"] == [0, 1]
+    table = (finished / "report.md").read_text()
+    assert "| fisher.mean2 |" in table and "Noise ceiling" in table
+
+
+def test_scores_are_the_search_candidates_scores(finished: Path, cifar_root: Path) -> None:
+    """Candidate i of a study is candidate i of a search with the same seed: same genotype, weights, batch."""
+    import blockswap as bs
+
+    search = bs.run_search(bs.SearchConfig(budget=40_000, model="wrn-10-1", samples=4, batch_size=32, screen=False,
+                                           data_dir=str(cifar_root), scorer="fisher"),
+                           finished.parent / "search", progress=False)
+    rows = read_results(finished)
+    for c in search.candidates:
+        assert rows[c.index]["fisher"] == pytest.approx(c.score, rel=1e-5)  # thread counts may differ
+
+
+def test_rerunning_a_finished_study_trains_and_scores_nothing(finished: Path, cifar_root: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished study was worked on again")
+
+    monkeypatch.setattr(study_module, "train", refuse)
+    monkeypatch.setattr(study_module, "_score_all", refuse)
+    before = (finished / "results.csv").read_bytes()
+    run_study(_config(cifar_root), finished, progress=False)
+    assert (finished / "results.csv").read_bytes() == before
+
+
+def test_a_resumed_study_equals_an_uninterrupted_one(finished: Path, cifar_root: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    real_train = study_module.train
+    calls = {"n": 0}
+
+    def train_then_stop(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 4:  # candidate 1, seed 1: interrupted as Ctrl-C would
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(study_module, "train", train_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(_config(cifar_root), tmp_path, progress=False)
+    assert not (tmp_path / "results.csv").exists()
+    monkeypatch.setattr(study_module, "train", real_train)
+    run_study(_config(cifar_root), tmp_path, progress=False)
+    assert (tmp_path / "results.csv").read_bytes() == (finished / "results.csv").read_bytes()
+
+
+def test_a_study_folder_refuses_other_settings(finished: Path, cifar_root: Path) -> None:
+    with pytest.raises(BlockSwapError, match="epochs"):
+        run_study(_config(cifar_root, epochs=2), finished, progress=False)
+
+
+def test_samples_from_a_finished_study(finished: Path) -> None:
+    table = study_samples(finished, sizes=[1, 2, 4], proxies=["fisher", "params"])
+    rows = read_results(finished)
+    error = np.array([r["test_error_pct"] for r in rows])
+    fisher = [r for r in table if r["proxy"] == "fisher"]
+    assert [r["n"] for r in fisher] == [1, 2, 4]
+    assert fisher[0]["expected_error_pct"] == pytest.approx(error.mean())
+    assert fisher[-1]["expected_error_pct"] == pytest.approx(error[np.argmax([r["fisher"] for r in rows])])
+    assert (finished / "samples.csv").is_file() and (finished / "samples.png").is_file()
+    with pytest.raises(BlockSwapError, match="sample sizes"):
+        study_samples(finished, sizes=[5])
+    with pytest.raises(BlockSwapError, match="no proxy"):
+        study_samples(finished, proxies=["nope"])
+
+
+@pytest.mark.parametrize("name, message", [
+    ("fisher@0", "positive whole number"), ("nope", "unknown proxy"), ("trained@3", "unknown proxy"),
+    ("fisher@x", "positive whole number")])
+def test_bad_proxy_names_are_refused(name: str, message: str) -> None:
+    with pytest.raises(BlockSwapError, match=message):
+        parse_proxy(name)
+
+
+def test_bad_study_settings_are_refused(cifar_root: Path) -> None:
+    with pytest.raises(BlockSwapError, match="at least 3"):
+        _config(cifar_root, candidates=2)
+    with pytest.raises(BlockSwapError, match="named twice"):
+        _config(cifar_root, proxies=["l2", "l2"], average=None)
+    with pytest.raises(BlockSwapError, match="--average"):
+        _config(cifar_root, average=["params"])
+    with pytest.raises(BlockSwapError, match="distinct"):
+        _config(cifar_root, train_seeds=[1, 1])
+
+
+def test_cli_study_rank_and_samples(finished: Path, cifar_root: Path, tmp_path: Path) -> None:
+    """The CLI on a finished folder reports without training; samples prints its table; bad input is one line."""
+    argv = [sys.executable, "-m", "blockswap", "study", "rank", "--model", "wrn-10-1", "--budget", "40k",
+            "--candidates", "4", "--proxies", "fisher,synflow,params,l2@2,accuracy@2", "--inits", "2",
+            "--average", "fisher", "--batch-size", "32", "--epochs", "1", "--train-subset", "96", "--test-subset",
+            "64", "--train-seeds", "0,1", "--data-dir", str(cifar_root), "--out", str(finished), "--quiet"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "4 candidates" in done.stdout
+    samples = subprocess.run([sys.executable, "-m", "blockswap", "study", "samples", "--study", str(finished),
+                              "--sizes", "1,4"], capture_output=True, text=True, timeout=300)
+    assert samples.returncode == 0, samples.stderr
+    assert "n=4" in samples.stdout
+    bad = subprocess.run([sys.executable, "-m", "blockswap", "study", "samples", "--study", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "results.csv" in bad.stderr
