@@ -545,3 +545,24 @@ def test_cli_search_with_snip(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert best["scorer"] == "snip" and best["score"] > 0 and len(best["blocks"]) == 3
     assert json.loads((out / "search.json").read_text())["scorer"] == "snip"
     capsys.readouterr()
+
+
+def test_a_trained_search_takes_the_search_data_and_seed(tmp_path: Path, cifar_root: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--scorer trained` trains on the search's --data-dir with its seed unless the settings say otherwise."""
+    seen: list[tuple[object, int]] = []
+    real = RecipeSteps.batches
+
+    def spy(self: RecipeSteps, steps: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        seen.append((self.data_dir, self.seed))
+        return real(self, steps, device)
+
+    monkeypatch.setattr(RecipeSteps, "batches", spy)
+    config = bs.SearchConfig(budget=40_000, model="wrn-10-1", samples=2, batch_size=16, screen=False, seed=3,
+                             data_dir=str(cifar_root), scorer="trained", scorer_settings={"proxy": "l2", "steps": 1})
+    bs.run_search(config, tmp_path / "a", progress=False)
+    assert seen == [(str(cifar_root), 3)] * 2
+    seen.clear()
+    other = bs.SearchConfig(**{**config.__dict__, "scorer_settings": {"proxy": "l2", "steps": 1, "seed": 9}})
+    bs.run_search(other, tmp_path / "b", progress=False)
+    assert seen == [(str(cifar_root), 9)] * 2

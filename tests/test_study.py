@@ -150,3 +150,25 @@ def test_cli_study_rank_and_samples(finished: Path, cifar_root: Path, tmp_path: 
     bad = subprocess.run([sys.executable, "-m", "blockswap", "study", "samples", "--study", str(tmp_path)],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "results.csv" in bad.stderr
+
+
+def test_a_diverged_candidate_is_recorded_and_left_out(cifar_root: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from blockswap.training import DivergedError
+
+    real_train = study_module.train
+
+    def diverge_candidate_1(config: object, run: Path, **kwargs: object) -> object:
+        if Path(run).parent.name == "0001":
+            raise DivergedError("training loss became nan in epoch 1")
+        return real_train(config, run, **kwargs)
+
+    monkeypatch.setattr(study_module, "train", diverge_candidate_1)
+    config = _config(cifar_root, proxies=["l2", "params"], inits=1, average=None, train_seeds=[0])
+    report = run_study(config, tmp_path, progress=False)
+    assert report["diverged"] == 1 and report["proxies"]["l2"]["n"] == 3
+    assert "nan" in json.loads((tmp_path / "candidates" / "0001" / "seed-0" / "failed.json").read_text())["reason"]
+    assert np.isnan(read_results(tmp_path)[1]["test_error_pct"])
+    assert "diverged" in (tmp_path / "report.md").read_text()
+    monkeypatch.setattr(study_module, "train", lambda *a, **k: pytest.fail("a finished study trained again"))
+    run_study(config, tmp_path, progress=False)  # the diverged run counts as done

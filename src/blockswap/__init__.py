@@ -32,7 +32,7 @@ from .pruning import Pruner, nonzero_params
 from .sampling import CostTable, sample_genotypes
 from .scoring import FastFisherScorer, FisherScorer, Score, Scorer, make_scorer, register_scorer, scorer_names
 from .search import SearchConfig, SearchResult, run_search
-from .training import TrainConfig, TrainingError, train
+from .training import DivergedError, TrainConfig, TrainingError, train
 
 __version__ = "0.1.0"
 
@@ -70,6 +70,7 @@ __all__ = [
     "Taps",
     "TrainConfig",
     "TrainingError",
+    "DivergedError",
     "attention_loss",
     "attention_map",
     "augment",

@@ -322,7 +322,8 @@ def run_search(
     Rows are the same whichever way the work is split.
     """
     start = time.perf_counter()
-    scorer = make_scorer(config.scorer, config.scorer_settings, {"data_dir": config.data_dir, "seed": config.seed})
+    scorer = make_scorer(config.scorer, config.scorer_settings,
+                         {"data_dir": config.data_dir, "seed": config.seed, "batch_size": config.batch_size})
     genotypes = sample_genotypes(config.backbone(), config.budget, config.samples, config.tolerance, config.seed,
                                  config.palette_types())
     out = Path(out_dir)

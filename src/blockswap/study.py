@@ -54,7 +54,7 @@ from .outdir import check_recorded, read_json, record, write_json_atomic, write_
 from .proxies import RecipeSteps, average_scores
 from .sampling import DEFAULT_TOLERANCE, sample_genotypes
 from .scoring import Score, make_scorer, scorer_names
-from .training import SCHEDULES, TrainConfig, train
+from .training import SCHEDULES, DivergedError, TrainConfig, train
 from .workers import build_candidate, watch_parent
 
 __all__ = ["StudyConfig", "run_study", "write_report", "read_results", "study_samples", "parse_proxy", "parse_sizes",
@@ -249,8 +249,12 @@ def _run_candidate(job: _Job, batch: tuple[Tensor, Tensor]) -> int:
             "seconds": seconds})
     for seed in config.train_seeds:
         run = folder / f"seed-{seed}"
-        if not (run / "final.json").exists():
-            train(config.train_config(job.genotype, seed), run, resume=True, device=device, progress=False)
+        if not (run / "final.json").exists() and not (run / "failed.json").exists():
+            try:
+                train(config.train_config(job.genotype, seed), run, resume=True, device=device, progress=False)
+            except DivergedError as e:  # a diverged candidate is a result (no error to rank), not the end of the study
+                run.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(run / "failed.json", {"reason": str(e)})
     return job.index
 
 
@@ -275,7 +279,15 @@ def _run_in_worker(job: _Job) -> int:
 def _done(config: StudyConfig, out: Path, index: int) -> bool:
     folder = _candidate_dir(out, index)
     return (folder / "scores.json").exists() and all(
-        (folder / f"seed-{s}" / "final.json").exists() for s in config.train_seeds)
+        (folder / f"seed-{s}" / "final.json").exists() or (folder / f"seed-{s}" / "failed.json").exists()
+        for s in config.train_seeds)
+
+
+def _final_error(run: Path) -> float:
+    """A training run's final test error; NaN for a run that diverged (its failed.json says why)."""
+    if (run / "failed.json").exists():
+        return math.nan
+    return float(read_json(run / "final.json", "training result")["test_error_pct"])
 
 
 def _run_jobs(jobs: list[_Job], batch: tuple[Tensor, Tensor], workers: int, bar: tqdm) -> None:
@@ -351,7 +363,7 @@ def _results(out: Path, config: StudyConfig) -> list[dict[str, Any]]:
             if name not in scores:
                 raise BlockSwapError(f"{folder / 'scores.json'} has no {name!r}; delete it to score again")
             row[name] = scores[name]["score"]
-        errors = [read_json(folder / f"seed-{s}" / "final.json", "training result")["test_error_pct"] for s in config.train_seeds]
+        errors = [_final_error(folder / f"seed-{s}") for s in config.train_seeds]
         for s, e in zip(config.train_seeds, errors):
             row[f"test_error_pct_seed{s}"] = e
         row["test_error_pct"] = float(np.mean(errors))
@@ -389,15 +401,19 @@ def write_report(out_dir: str | Path, resamples: int = 2000) -> dict[str, Any]:
     if len(config.train_seeds) >= 2:
         a, b = (np.array([r[f"test_error_pct_seed{s}"] for r in rows]) for s in config.train_seeds[:2])
         stats = rank_stats(-a, b, resamples, config.seed)  # -a: "higher predicts better", so rho is positive
-        ceiling = {"seeds": config.train_seeds[:2], "spearman": -stats["spearman"],
+        r = -stats["spearman"]
+        reliability = 2 * r / (1 + r) if r > 0 else math.nan  # Spearman-Brown: of the mean of two seeds' errors
+        ceiling = {"seeds": config.train_seeds[:2], "spearman": r,
                    "spearman_low": -stats["spearman_high"], "spearman_high": -stats["spearman_low"],
-                   "kendall": -stats["kendall"]}
+                   "kendall": -stats["kendall"], "mean_reliability": reliability,
+                   "max_abs_spearman": math.sqrt(reliability) if reliability == reliability else math.nan}
     seconds = [read_json(_candidate_dir(out, i) / "scores.json", "candidate's scores")["seconds"] for i in range(len(rows))]
     cost = {name: float(np.mean([s.get(name, 0.0) for s in seconds])) for name in {k for s in seconds for k in s}}
-    report = {"config": asdict(config), "candidates": len(rows), "proxies": per_proxy, "noise_ceiling": ceiling,
-              "proxy_seconds_per_candidate": cost,
-              "error_pct": {"best": float(error.min()), "median": float(np.median(error)), "mean": float(error.mean()),
-                            "worst": float(error.max())}}
+    trained = error[np.isfinite(error)]
+    report = {"config": asdict(config), "candidates": len(rows), "diverged": int(len(error) - len(trained)),
+              "proxies": per_proxy, "noise_ceiling": ceiling, "proxy_seconds_per_candidate": cost,
+              "error_pct": {"best": float(trained.min()), "median": float(np.median(trained)),
+                            "mean": float(trained.mean()), "worst": float(trained.max())}}
     write_json_atomic(out / "study.json", _json_safe(report))
     write_text_atomic(out / "report.md", _markdown(report))
     _plot_proxies(out / "proxies.png", rows, config, per_proxy)
@@ -450,8 +466,12 @@ def _markdown(report: dict[str, Any]) -> str:
     if ceiling:
         lines += ["", f"Noise ceiling: the errors of training seeds {ceiling['seeds'][0]} and {ceiling['seeds'][1]} "
                   f"rank the pool with Spearman {_fmt(ceiling['spearman'])} [{_fmt(ceiling['spearman_low'])}, "
-                  f"{_fmt(ceiling['spearman_high'])}]: no proxy can rank this target much better than the target "
-                  "ranks itself."]
+                  f"{_fmt(ceiling['spearman_high'])}]. The target, the mean of the seeds' errors, is then about "
+                  f"{_fmt(ceiling['mean_reliability'])} reliable (Spearman-Brown), so even a perfect proxy would "
+                  f"show a Spearman of only about -{_fmt(ceiling['max_abs_spearman'])} with it."]
+    if report["diverged"]:
+        lines += ["", f"{report['diverged']} candidate(s) diverged in training (failed.json in their folder): "
+                  "left out of every statistic."]
     if "training steps" in cost:
         lines += ["", f"The SGD steps behind the NAME@K proxies took {_fmt(cost['training steps'])} s per candidate "
                   "(the s/cand column counts only the measurement)."]

@@ -54,6 +54,7 @@ __all__ = [
     "SCHEDULES",
     "TrainConfig",
     "TrainingError",
+    "DivergedError",
     "TapsModule",
     "forward_loss",
     "train_step",
@@ -72,6 +73,10 @@ _FLAT_DISTILL = ("beta", "kd_alpha", "kd_temperature")  # how earlier versions r
 
 class TrainingError(BlockSwapError):
     """A run that cannot go on: a diverged loss, or an output folder holding another run."""
+
+
+class DivergedError(TrainingError):
+    """The training loss became NaN or infinite: a property of the run (network, recipe), not of the setup."""
 
 
 @dataclass
@@ -531,7 +536,7 @@ def _train_epoch(run: _Run, epoch: int) -> Tensor:
                     kept = (f"{run.out / 'checkpoint.pt'} keeps epoch {len(run.history)}" if run.history
                             else "no checkpoint was written")
                     hint = "a lower --lr or --precision fp32" if run.precision == "bf16" else "a lower --lr"
-                    raise TrainingError(f"training loss became {loss} in epoch {epoch + 1} (by step {step + 1}); "
+                    raise DivergedError(f"training loss became {loss} in epoch {epoch + 1} (by step {step + 1}); "
                                         f"stopped, {kept}; try {hint}")
                 bar.set_postfix(loss=f"{loss:.3f}", err=f"{100 * float(seen[4] / seen[-1]):.1f}%")
     return seen  # the last step always reduces, so this covers the whole epoch
