@@ -85,3 +85,19 @@ def test_earlier_flat_distill_settings_read_into_the_nested_config() -> None:
     config = TrainConfig.from_dict({"genotype": {}, "data_dir": "d", "beta": 500.0, "kd_alpha": 0.1,
                                     "kd_temperature": 2.0})
     assert config.distill == DistillConfig(500.0, 0.1, 2.0)
+
+
+def test_command_args_rebuild_the_config_through_the_parser() -> None:
+    """The command a study report prints gives back the same config when parsed."""
+    import argparse
+
+    from blockswap.options import add_options, command_args, values
+    from blockswap.study import StudyConfig
+
+    config = StudyConfig(budget=200_000, data_dir="data dir", candidates=24, proxies=["fisher", "l2@10"], inits=4,
+                         average=["fisher"], train_seeds=[0, 1], train_subset=5000)
+    parser = argparse.ArgumentParser()
+    add_options(parser, StudyConfig)
+    args = command_args(config)
+    assert "--model" not in args  # defaults are left out
+    assert StudyConfig(**values(parser.parse_args(args), StudyConfig)) == config

@@ -20,7 +20,7 @@ from .errors import BlockSwapError
 
 T = TypeVar("T")
 
-__all__ = ["option", "add_options", "values", "field_default", "from_record", "argparse_type"]
+__all__ = ["option", "add_options", "values", "command_args", "field_default", "from_record", "argparse_type"]
 
 
 def option(
@@ -103,8 +103,30 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: 
         else:
             kwargs["default"] = default
             if default is not None:
-                text = f"{text} (default: {default})"
+                text = f"{text} (default: {_shown(default)})"
         parser.add_argument(flag, help=text.replace("%", "%%"), **kwargs)
+
+
+def _shown(value: Any) -> str:
+    """A value as its option's text: lists comma-separated."""
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def command_args(config: Any) -> list[str]:
+    """The options that rebuild dataclass `config` from `add_options`: required fields and those off their default."""
+    args: list[str] = []
+    for f, hint in _fields(type(config)):
+        if not f.metadata.get("cli", False) or dataclasses.is_dataclass(_base_type(hint)):
+            continue
+        value, default = getattr(config, f.name), field_default(f)
+        if value == default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if _base_type(hint) is bool:
+            args.append(flag if value else "--no-" + f.name.replace("_", "-"))
+        else:
+            args += [flag, _shown(value)]
+    return args
 
 
 def values(args: argparse.Namespace, cls: type, skip: Iterable[str] = ()) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import csv
 import json
 import math
 import os
+import shlex
 import signal
 import threading
 import time
@@ -49,7 +50,7 @@ from .counts import format_count, parse_budget
 from .data import probe_images
 from .errors import BlockSwapError
 from .genotype import Genotype
-from .options import from_record, option
+from .options import command_args, from_record, option
 from .outdir import check_recorded, read_json, record, write_json_atomic, write_text_atomic
 from .proxies import RecipeSteps, average_scores
 from .sampling import DEFAULT_TOLERANCE, sample_genotypes
@@ -410,7 +411,8 @@ def write_report(out_dir: str | Path, resamples: int = 2000) -> dict[str, Any]:
     seconds = [read_json(_candidate_dir(out, i) / "scores.json", "candidate's scores")["seconds"] for i in range(len(rows))]
     cost = {name: float(np.mean([s.get(name, 0.0) for s in seconds])) for name in {k for s in seconds for k in s}}
     trained = error[np.isfinite(error)]
-    report = {"config": asdict(config), "candidates": len(rows), "diverged": int(len(error) - len(trained)),
+    command = shlex.join(["blockswap", "study", "rank", *command_args(config), "--out", str(out)])
+    report = {"config": asdict(config), "command": command, "candidates": len(rows), "diverged": int(len(error) - len(trained)),
               "proxies": per_proxy, "noise_ceiling": ceiling, "proxy_seconds_per_candidate": cost,
               "error_pct": {"best": float(trained.min()), "median": float(np.median(trained)),
                             "mean": float(trained.mean()), "worst": float(trained.max())}}
@@ -441,6 +443,12 @@ def _markdown(report: dict[str, Any]) -> str:
                                            else proxies[n]["spearman"]))
     lines = [
         f"# Ranking study: {c['model']} at {format_count(c['budget'])} parameters, {report['candidates']} candidates",
+        "",
+        "Made by:",
+        "",
+        "```bash",
+        report["command"],
+        "```",
         "",
         f"Each candidate trained {c['epochs']} epochs ({c['schedule']}, lr {c['lr']}, batch {c['batch_size']}, "
         f"train subset {c['train_subset'] or 'all'}, test subset {c['test_subset'] or 'all'}, "
