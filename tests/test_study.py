@@ -170,5 +170,46 @@ def test_a_diverged_candidate_is_recorded_and_left_out(cifar_root: Path, tmp_pat
     assert "nan" in json.loads((tmp_path / "candidates" / "0001" / "seed-0" / "failed.json").read_text())["reason"]
     assert np.isnan(read_results(tmp_path)[1]["test_error_pct"])
     assert "diverged" in (tmp_path / "report.md").read_text()
+    table = study_samples(tmp_path, proxies=["l2"])  # the diverged candidate is not in the pool
+    assert [r["n"] for r in table] == [1, 2, 3]
     monkeypatch.setattr(study_module, "train", lambda *a, **k: pytest.fail("a finished study trained again"))
     run_study(config, tmp_path, progress=False)  # the diverged run counts as done
+
+
+class _NanProxy:
+    """A proxy with no value for candidate 0 (as naswot on a singular kernel): kept as NaN, never picked."""
+
+    log_average = True
+
+    def __call__(self, model: object, batch: object) -> object:
+        from blockswap.proxies import L2Scorer
+        from blockswap.scoring import Score
+
+        score = L2Scorer()(model, batch)  # type: ignore[arg-type]
+        return Score(float("nan") if model.block_names[0] == _FIRST_BLOCK else score.total, ())  # type: ignore[attr-defined]
+
+
+_FIRST_BLOCK = ""
+
+
+def test_a_non_finite_proxy_value_is_kept_as_nan(cifar_root: Path, tmp_path: Path) -> None:
+    global _FIRST_BLOCK
+    from blockswap.scoring import register_scorer, scorer_names
+
+    if "test_nan_proxy" not in scorer_names():
+        register_scorer("test_nan_proxy")(_NanProxy)
+    config = _config(cifar_root, proxies=["test_nan_proxy", "l2"], inits=1, average=None, train_seeds=[0])
+    _FIRST_BLOCK = config.genotypes()[0].blocks[0]
+    report = run_study(config, tmp_path, progress=False)
+    rows = read_results(tmp_path)
+    nan_rows = [r for r in rows if r["genotype"].split()[0] == _FIRST_BLOCK]
+    assert nan_rows and all(np.isnan(r["test_nan_proxy"]) for r in nan_rows)
+    assert report["proxies"]["test_nan_proxy"]["n"] == 4 - len(nan_rows)
+    assert json.loads((tmp_path / "study.json").read_text())  # strict JSON
+    study_samples(tmp_path, proxies=["test_nan_proxy"])
+
+
+def test_a_study_that_cannot_start_leaves_no_config(cifar_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(BlockSwapError):
+        run_study(_config(cifar_root, budget=10), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "config.json").exists()

@@ -328,7 +328,7 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     s = kinds.add_parser("samples", help="expected error of the best-by-proxy of n samples, from a finished study",
                          description="From the results.csv of `blockswap study rank`, the expected test error "
                          "of the candidate each proxy picks among n random samples (exact over all draws, with "
-                         "a 5-95%% range by resampling), beside a random pick and the best of n; writes "
+                         "a 5-95% range by resampling), beside a random pick and the best of n; writes "
                          "samples.csv and samples.png to the study folder.")
     s.add_argument("--study", required=True, type=Path, help="folder of a finished `blockswap study rank`")
     s.add_argument("--sizes", type=argparse_type(parse_sizes), default=None,
@@ -341,9 +341,10 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
 def _cmd_study_rank(args: argparse.Namespace) -> int:
     config = StudyConfig(**values(args, StudyConfig))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    place = setup_distributed(_device(args.device))
-    if place.device.type == "cpu" and args.workers > cores:
+    device = _device(args.device)
+    if device.type == "cpu" and args.workers > cores:
         raise BlockSwapError(f"--workers {args.workers} exceeds the {cores} CPU cores this process may use")
+    place = setup_distributed(device)
     try:
         report = run_study(config, args.out, workers=args.workers, device=place.device,
                            progress=place.is_main and not args.quiet, group=place.group)

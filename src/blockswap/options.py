@@ -103,13 +103,13 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: 
         else:
             kwargs["default"] = default
             if default is not None:
-                text = f"{text} (default: {_shown(default)})"
+                text = f"{text} (default: {_shown(default, ', ')})"
         parser.add_argument(flag, help=text.replace("%", "%%"), **kwargs)
 
 
-def _shown(value: Any) -> str:
-    """A value as its option's text: lists comma-separated."""
-    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+def _shown(value: Any, sep: str = ",") -> str:
+    """A value as its option's text: lists joined by `sep`."""
+    return sep.join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def command_args(config: Any) -> list[str]:

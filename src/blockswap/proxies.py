@@ -248,6 +248,8 @@ class JacobCovScorer:
         with _mode(model, True, frozen=True):
             (jacobian,) = torch.autograd.grad(model(x).sum(), x)
         corr = torch.corrcoef(jacobian.flatten(1).double())
+        if not torch.isfinite(corr).all():  # an image with a constant Jacobian: no correlation, as the reference
+            return Score(math.nan, ())
         v = torch.linalg.eigvalsh(corr)
         return Score(-(torch.log(v + JACOB_COV_K) + 1.0 / (v + JACOB_COV_K)).sum().item(), ())
 

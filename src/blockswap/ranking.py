@@ -45,27 +45,37 @@ def _pick_error(score: np.ndarray, error: np.ndarray) -> float:
     return float(error[top].mean())
 
 
+def _pool(score: np.ndarray, error: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates with an error; a NaN or infinite score ranks below every finite one (never picked before them)."""
+    score, error = np.asarray(score, float), np.asarray(error, float)
+    keep = np.isfinite(error)
+    score = score[keep]
+    return np.where(np.isfinite(score), score, -np.inf), error[keep]
+
+
 def expected_best_of(score: np.ndarray, error: np.ndarray, n: int) -> float:
     """Expected error of the best-by-score of n candidates drawn without replacement from the pool.
 
     Exact: with candidates sorted best score first, the one at position r
     (0-based) is the pick when it is drawn and none of the r better ones is,
-    with probability C(N-1-r, n-1) / C(N, n).
+    with probability C(N-1-r, n-1) / C(N, n). Candidates without an error are
+    not in the pool; a non-finite score ranks last.
     """
-    score, error = _finite(np.asarray(score, float), np.asarray(error, float))
+    score, error = _pool(score, error)
     size = len(score)
     if not 1 <= n <= size:
         raise ValueError(f"n must be in [1, {size}], got {n}")
     order = np.argsort(-score, kind="stable")
     errors = tie_means(score, error)[order]
-    weights = np.array([math.comb(size - 1 - r, n - 1) for r in range(size)], dtype=float) / math.comb(size, n)
+    total = math.comb(size, n)
+    weights = np.array([math.comb(size - 1 - r, n - 1) / total for r in range(size)])  # int / int: no overflow
     return float(weights @ errors)
 
 
 def best_of_curve(score: np.ndarray, error: np.ndarray, sizes: list[int], resamples: int = 2000,
                   seed: int = 0) -> list[dict[str, float]]:
     """Per n: the expected error of the best-by-score of n samples, its 5-95% range over random draws, the oracle."""
-    score, error = _finite(np.asarray(score, float), np.asarray(error, float))
+    score, error = _pool(score, error)
     rng = np.random.default_rng(seed)
     rows = []
     for n in sizes:
@@ -121,11 +131,15 @@ def rank_stats(score: np.ndarray, error: np.ndarray, resamples: int = 2000, seed
     - top1_error_pct: the error of its pick; top5_error_pct: the mean error of its five best-scored.
     - best/median/random_error_pct: the pool's best, median and mean (the expected error of a random pick).
     - top1_in_best_decile: over bootstrap resamples of the pool, how often its pick is within the best tenth.
+    With fewer than 3 usable candidates every value is NaN.
     """
     score, error = _finite(np.asarray(score, float), np.asarray(error, float))
     n = len(score)
-    if n < 3:
-        raise ValueError(f"rank statistics need at least 3 candidates with finite values, got {n}")
+    if n < 3:  # too few candidates with finite values to say anything
+        keys = ("spearman", "spearman_low", "spearman_high", "kendall", "kendall_low", "kendall_high",
+                "top1_error_pct", "top5_error_pct", "best_error_pct", "median_error_pct", "random_error_pct",
+                "top1_in_best_decile")
+        return {"n": n, **dict.fromkeys(keys, math.nan)}
     constant = len(np.unique(score)) < 2
     rho = math.nan if constant else float(stats.spearmanr(score, error).statistic)
     tau = math.nan if constant else float(stats.kendalltau(score, error).statistic)

@@ -34,6 +34,7 @@ __all__ = [
     "fisher_from_probes",
     "register_scorer",
     "scorer_names",
+    "scorer_factory",
     "make_scorer",
 ]
 
@@ -166,6 +167,13 @@ def register_scorer(name: str) -> Callable[[F_], F_]:
         return factory
 
     return decorate
+
+
+def scorer_factory(name: str) -> Callable[..., Scorer]:
+    """The factory registered under `name` (what `make_scorer` calls)."""
+    if name not in _REGISTRY:
+        raise BlockSwapError(f"unknown scorer {name!r}; valid choices: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
 
 
 def scorer_names() -> list[str]:

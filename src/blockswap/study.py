@@ -46,15 +46,17 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .backbones import get_backbone
+from .blocks import DEFAULT_PALETTE, BlockType, register_block_type, registered_block_types
 from .counts import format_count, parse_budget
 from .data import probe_images
+from .distributed import on_rank0, rank0_first
 from .errors import BlockSwapError
 from .genotype import Genotype
 from .options import command_args, from_record, option
-from .outdir import check_recorded, read_json, record, write_json_atomic, write_text_atomic
+from .outdir import atomic_file, check_recorded, read_json, record, write_json_atomic, write_text_atomic
 from .proxies import RecipeSteps, average_scores
 from .sampling import DEFAULT_TOLERANCE, sample_genotypes
-from .scoring import Score, make_scorer, scorer_names
+from .scoring import Score, make_scorer, register_scorer, scorer_factory, scorer_names
 from .training import SCHEDULES, DivergedError, TrainConfig, train
 from .workers import build_candidate, watch_parent
 
@@ -100,7 +102,8 @@ class StudyConfig:
     model: str = field(default="wrn-16-2", metadata=option("the teacher whose blocks are swapped"))
     candidates: int = field(default=30, metadata=option("students sampled (seeded) and trained"))
     proxies: list[str] = field(default_factory=lambda: list(DEFAULT_PROXIES), metadata=option(
-        "comma-separated proxies: registered scorers, NAME@K for the value after K SGD steps of the recipe",
+        "comma-separated proxies: registered scorers, NAME@K for the value after K SGD steps of the recipe "
+        "(fp32, lr --lr, batch --batch-size, seeded batches of the whole training set)",
         parse=_names, metavar="NAMES"))
     inits: int = field(default=1, metadata=option(
         "initialisations averaged for the at-initialisation proxies, reported beside the single ones as NAME.meanK"))
@@ -138,6 +141,9 @@ class StudyConfig:
         for name in self.proxies:
             parse_proxy(name)
         if self.average is not None:
+            if self.inits == 1:
+                raise BlockSwapError("--average names proxies averaged over --inits initialisations: give --inits 2 "
+                                     "or more")
             self.average = list(self.average)
             wrong = [n for n in self.average if n not in self.proxies or parse_proxy(n)[1] or n in _AT_INIT_ONLY]
             if wrong:
@@ -210,6 +216,7 @@ def _score_all(config: StudyConfig, genotype: Genotype, index: int,
             scores[name] = measure(name, base, model)
     for name in config.averaged():
         base = parsed[name][0]
+        seconds[f"{name}.mean{config.inits}"] = seconds[name]
         draws = [scores[name]] + [measure(f"{name}.mean{config.inits}", base,
                                           build_candidate(genotype, config.seed, index, draw).to(device))
                                   for draw in range(1, config.inits)]
@@ -244,10 +251,10 @@ def _run_candidate(job: _Job, batch: tuple[Tensor, Tensor]) -> int:
     device = torch.device(job.device)
     if not scores_path.exists():
         scores, seconds = _score_all(config, job.genotype, job.index, (batch[0].to(device), batch[1].to(device)))
-        write_json_atomic(scores_path, {
+        write_json_atomic(scores_path, _json_safe({  # a NaN or infinite score is kept as null, read back as NaN
             "index": job.index, "blocks": list(job.genotype.blocks),
             "scores": {n: {"score": s.total, "per_block": list(s.per_block)} for n, s in scores.items()},
-            "seconds": seconds})
+            "seconds": seconds}))
     for seed in config.train_seeds:
         run = folder / f"seed-{seed}"
         if not (run / "final.json").exists() and not (run / "failed.json").exists():
@@ -262,12 +269,21 @@ def _run_candidate(job: _Job, batch: tuple[Tensor, Tensor]) -> int:
 _batch: tuple[Tensor, Tensor] | None = None
 
 
-def _init_worker(batch: tuple[Tensor, Tensor], threads: int, parent: int) -> None:
+def _init_worker(batch: tuple[Tensor, Tensor], threads: int, parent: int, scorers: dict[str, Any],
+                 block_types: list[BlockType]) -> None:
+    """Runs once in each study process: the parent's user scorers and block types (unpickling them imports the
+    plugin that defines them), the probe batch, the thread count."""
     global _batch
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=watch_parent, args=(parent,), daemon=True, name="blockswap-parent-watch").start()
     torch.set_num_threads(threads)
+    for name, factory in scorers.items():
+        if name not in scorer_names():
+            register_scorer(name)(factory)
+    for block in block_types:
+        if block.name not in registered_block_types():
+            register_block_type(block)
     _batch = batch
 
 
@@ -299,16 +315,26 @@ def _run_jobs(jobs: list[_Job], batch: tuple[Tensor, Tensor], workers: int, bar:
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = max(1, cores // workers)
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
-                             initializer=_init_worker, initargs=(batch, threads, os.getpid())) as pool:
-        futures = [pool.submit(_run_in_worker, job) for job in jobs]
-        try:
-            for future in as_completed(futures):
-                future.result()
-                bar.update(1)
-        finally:
-            for future in futures:
-                future.cancel()
+    config = jobs[0].config
+    scorers = {base: scorer_factory(base) for base, _ in map(parse_proxy, config.proxies)
+               if not scorer_factory(base).__module__.startswith("blockswap.")}  # a plugin's: the workers import it
+    names = {name for job in jobs for name in job.genotype.blocks}
+    user_types = [t for name, t in registered_block_types().items() if name in names and name not in DEFAULT_PALETTE]
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
+                               initializer=_init_worker, initargs=(batch, threads, os.getpid(), scorers, user_types))
+    futures = [pool.submit(_run_in_worker, job) for job in jobs]
+    try:
+        for future in as_completed(futures):
+            future.result()
+            bar.update(1)
+    except BaseException:
+        # Ctrl-C, SIGTERM or a failed candidate: stop now instead of waiting hours for the candidates in training
+        # (their folders resume exactly: every write is atomic). The workers ignore signals, so kill them.
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def run_study(config: StudyConfig, out_dir: str | Path, workers: int = 1, device: str | torch.device = "cpu",
@@ -323,24 +349,30 @@ def run_study(config: StudyConfig, out_dir: str | Path, workers: int = 1, device
     require_extra()
     out = Path(out_dir)
     rank, world = (torch_dist.get_rank(group), torch_dist.get_world_size(group)) if group is not None else (0, 1)
-    if rank == 0 and not check_recorded(out, "config.json", asdict(config), _normalized, "study",
-                                        "use a fresh --out directory"):
-        record(out, "config.json", asdict(config))
+    # Training takes hours and ranks finish at different times: they wait for each other on a gloo group whose
+    # timeout allows it, made now, while every rank is at the same point.
+    waiting = torch_dist.new_group(backend="gloo", timeout=timedelta(days=30)) if group is not None else None
+    # The pool and the probe batch first: a study that cannot start (a budget no genotype reaches, no data) leaves
+    # no config.json behind to refuse the corrected command.
     genotypes = config.genotypes()
-    batch = probe_images(config.data_dir).probe_batch(config.batch_size, config.seed)
-    if group is not None:
-        torch_dist.barrier(group=group)
+    batch = rank0_first(group, lambda: probe_images(config.data_dir)).probe_batch(config.batch_size, config.seed)
+    on_rank0(group, lambda: _prepare_out_dir(out, config))
     mine = [i for i in range(len(genotypes)) if i % world == rank]
     todo = [_Job(config, i, genotypes[i], out, str(device)) for i in mine if not _done(config, out, i)]
     with tqdm(total=len(mine), initial=len(mine) - len(todo), desc="study candidates", unit="cand",
               disable=not progress or rank != 0, dynamic_ncols=True) as bar:
         _run_jobs(todo, batch, workers, bar)
-    if group is not None:  # training takes hours: wait on a group whose timeout allows it
-        waiting = torch_dist.new_group(backend="gloo", timeout=timedelta(days=30))
+    if waiting is not None:
         torch_dist.barrier(group=waiting)
     if rank != 0:
         return {}
     return write_report(out)
+
+
+def _prepare_out_dir(out: Path, config: StudyConfig) -> None:
+    """Record config.json in a new folder, or check that the folder's study is this one."""
+    if not check_recorded(out, "config.json", asdict(config), _normalized, "study", "use a fresh --out directory"):
+        record(out, "config.json", asdict(config))
 
 
 def _normalized(saved: Any) -> dict[str, Any]:
@@ -363,7 +395,8 @@ def _results(out: Path, config: StudyConfig) -> list[dict[str, Any]]:
         for name in columns:
             if name not in scores:
                 raise BlockSwapError(f"{folder / 'scores.json'} has no {name!r}; delete it to score again")
-            row[name] = scores[name]["score"]
+            value = scores[name]["score"]
+            row[name] = math.nan if value is None else float(value)
         errors = [_final_error(folder / f"seed-{s}") for s in config.train_seeds]
         for s, e in zip(config.train_seeds, errors):
             row[f"test_error_pct_seed{s}"] = e
@@ -396,14 +429,17 @@ def write_report(out_dir: str | Path, resamples: int = 2000) -> dict[str, Any]:
     rows = _results(out, config)
     _write_csv(out / "results.csv", rows)
     error = np.array([r["test_error_pct"] for r in rows])
+    if np.isfinite(error).sum() < 3:
+        raise BlockSwapError(f"only {np.isfinite(error).sum()} of {len(rows)} candidates trained without diverging; "
+                             "a ranking needs 3 or more (see failed.json in the candidate folders)")
     per_proxy = {name: rank_stats(np.array([r[name] for r in rows]), error, resamples, config.seed)
                  for name in config.columns()}
     ceiling = None
     if len(config.train_seeds) >= 2:
         a, b = (np.array([r[f"test_error_pct_seed{s}"] for r in rows]) for s in config.train_seeds[:2])
         stats = rank_stats(-a, b, resamples, config.seed)  # -a: "higher predicts better", so rho is positive
-        r = -stats["spearman"]
-        reliability = 2 * r / (1 + r) if r > 0 else math.nan  # Spearman-Brown: of the mean of two seeds' errors
+        r, k = -stats["spearman"], len(config.train_seeds)
+        reliability = k * r / (1 + (k - 1) * r) if r > 0 else math.nan  # Spearman-Brown: the mean of k seeds' errors
         ceiling = {"seeds": config.train_seeds[:2], "spearman": r,
                    "spearman_low": -stats["spearman_high"], "spearman_high": -stats["spearman_low"],
                    "kendall": -stats["kendall"], "mean_reliability": reliability,
@@ -487,6 +523,16 @@ def _markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _save_png(fig: Any, path: Path) -> None:
+    """Write a figure as PNG atomically (like every file the tool writes) and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+
+
 def _plot_proxies(path: Path, rows: list[dict[str, Any]], config: StudyConfig, stats: dict[str, Any]) -> None:
     import matplotlib
 
@@ -512,9 +558,7 @@ def _plot_proxies(path: Path, rows: list[dict[str, Any]], config: StudyConfig, s
         ax.axis("off")
     fig.suptitle(f"{config.model} at {format_count(config.budget)}: proxy against final test error "
                  f"({len(rows)} candidates)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_png(fig, path)
 
 
 def study_samples(out_dir: str | Path, sizes: list[int] | None = None, proxies: list[str] | None = None,
@@ -528,8 +572,11 @@ def study_samples(out_dir: str | Path, sizes: list[int] | None = None, proxies: 
     from .ranking import best_of_curve
 
     out = Path(out_dir)
-    rows = read_results(out)
+    rows = [r for r in read_results(out) if math.isfinite(r["test_error_pct"])]  # diverged candidates: no error
     pool = len(rows)
+    if pool < 2:
+        raise BlockSwapError(f"{out / 'results.csv'} has {pool} candidate(s) with a test error; need 2 or more")
+    error = np.array([r["test_error_pct"] for r in rows])
     names = proxies or StudyConfig.from_dict(read_json(out / "config.json", "study config")).columns()
     for name in names:
         if name not in rows[0]:
@@ -540,7 +587,6 @@ def study_samples(out_dir: str | Path, sizes: list[int] | None = None, proxies: 
     bad = [n for n in sizes if not 1 <= n <= pool]
     if bad:
         raise BlockSwapError(f"sample sizes must be in [1, {pool}] (the pool), got {bad}")
-    error = np.array([r["test_error_pct"] for r in rows])
     table: list[dict[str, Any]] = []
     for name in names:
         curve = best_of_curve(np.array([r[name] for r in rows]), error, sizes, resamples, seed)
@@ -569,9 +615,7 @@ def _plot_samples(path: Path, table: list[dict[str, Any]], names: list[str], siz
     ax.set_ylabel("expected test error of the pick (%)")
     ax.set_title(f"Best-by-proxy of n samples from a pool of {pool}")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_png(fig, path)
 
 
 def parse_sizes(text: str) -> list[int]:
