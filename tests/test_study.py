@@ -213,3 +213,37 @@ def test_a_study_that_cannot_start_leaves_no_config(cifar_root: Path, tmp_path: 
     with pytest.raises(BlockSwapError):
         run_study(_config(cifar_root, budget=10), tmp_path / "out", progress=False)
     assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_ctrl_c_stops_a_study_with_workers_at_once_and_it_resumes(cifar_root: Path, tmp_path: Path) -> None:
+    """SIGINT while two worker processes train: the study exits within seconds (not after the candidates in
+    training), leaves no process behind, and the same command then finishes the study."""
+    import os
+    import signal
+    import time
+
+    from test_workers import REPO, _assert_gone, _children
+
+    out = tmp_path / "s"
+    argv = [sys.executable, "-m", "blockswap", "study", "rank", "--model", "wrn-10-1", "--budget", "40k",
+            "--candidates", "4", "--proxies", "l2,params", "--batch-size", "32", "--epochs", "30",
+            "--train-subset", "64", "--test-subset", "32", "--data-dir", str(cifar_root), "--workers", "2",
+            "--quiet", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("candidates/*/seed-0/metrics.jsonl")):
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, "no candidate trained an epoch in 2 minutes"
+        time.sleep(0.2)
+    family = _children(proc.pid)
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - start < 20
+    assert proc.returncode == 128 + signal.SIGINT
+    assert "interrupted" in err and err.count("\n") == 1
+    _assert_gone(family, "SIGINT")
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert len(read_results(out)) == 4

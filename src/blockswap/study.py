@@ -24,6 +24,7 @@ error of the best-by-proxy of n samples, against a random pick and the oracle.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -269,6 +270,11 @@ def _run_candidate(job: _Job, batch: tuple[Tensor, Tensor]) -> int:
 _batch: tuple[Tensor, Tensor] | None = None
 
 
+def _stop_job(signum: int, frame: object) -> None:
+    """SIGUSR1 in a study worker: the parent is stopping; end the running job (its files resume exactly)."""
+    raise KeyboardInterrupt
+
+
 def _init_worker(batch: tuple[Tensor, Tensor], threads: int, parent: int, scorers: dict[str, Any],
                  block_types: list[BlockType]) -> None:
     """Runs once in each study process: the parent's user scorers and block types (unpickling them imports the
@@ -276,6 +282,7 @@ def _init_worker(batch: tuple[Tensor, Tensor], threads: int, parent: int, scorer
     global _batch
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, _stop_job)
     threading.Thread(target=watch_parent, args=(parent,), daemon=True, name="blockswap-parent-watch").start()
     torch.set_num_threads(threads)
     for name, factory in scorers.items():
@@ -329,10 +336,12 @@ def _run_jobs(jobs: list[_Job], batch: tuple[Tensor, Tensor], workers: int, bar:
             bar.update(1)
     except BaseException:
         # Ctrl-C, SIGTERM or a failed candidate: stop now instead of waiting hours for the candidates in training
-        # (their folders resume exactly: every write is atomic). The workers ignore signals, so kill them.
+        # (their folders resume exactly: every write is atomic). The workers ignore SIGINT and SIGTERM; SIGUSR1
+        # interrupts the job each one is running, after which it ends as the pool shuts down.
         for process in list(getattr(pool, "_processes", {}).values()):
-            process.kill()
-        pool.shutdown(wait=False, cancel_futures=True)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGUSR1)
+        pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
 
