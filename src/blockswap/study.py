@@ -449,7 +449,12 @@ def write_report(out_dir: str | Path, resamples: int = 2000) -> dict[str, Any]:
         stats = rank_stats(-a, b, resamples, config.seed)  # -a: "higher predicts better", so rho is positive
         r, k = -stats["spearman"], len(config.train_seeds)
         reliability = k * r / (1 + (k - 1) * r) if r > 0 else math.nan  # Spearman-Brown: the mean of k seeds' errors
-        ceiling = {"seeds": config.train_seeds[:2], "spearman": r,
+        runs = np.array([[row[f"test_error_pct_seed{s}"] for s in config.train_seeds] for row in rows])
+        runs = runs[np.isfinite(runs).all(1)]
+        means = runs.mean(1)  # one-way ICC(1): the share of one run's error variance that is the candidate's own
+        between, within = k * means.var(ddof=1), ((runs - means[:, None]) ** 2).sum() / (len(runs) * (k - 1))
+        ceiling = {"seeds": config.train_seeds[:2], "candidate_share": (between - within) / (between + (k - 1) * within),
+                   "seed_sd_pct": math.sqrt(within), "spearman": r,
                    "spearman_low": -stats["spearman_high"], "spearman_high": -stats["spearman_low"],
                    "kendall": -stats["kendall"], "mean_reliability": reliability,
                    "max_abs_spearman": math.sqrt(reliability) if reliability == reliability else math.nan}
@@ -519,9 +524,17 @@ def _markdown(report: dict[str, Any]) -> str:
     if ceiling:
         lines += ["", f"Noise ceiling: the errors of training seeds {ceiling['seeds'][0]} and {ceiling['seeds'][1]} "
                   f"rank the pool with Spearman {_fmt(ceiling['spearman'])} [{_fmt(ceiling['spearman_low'])}, "
-                  f"{_fmt(ceiling['spearman_high'])}]. The target, the mean of the seeds' errors, is then about "
-                  f"{_fmt(ceiling['mean_reliability'])} reliable (Spearman-Brown), so even a perfect proxy would "
-                  f"show a Spearman of only about -{_fmt(ceiling['max_abs_spearman'])} with it."]
+                  f"{_fmt(ceiling['spearman_high'])}]; the candidate accounts for "
+                  f"{_fmt(100 * max(0.0, ceiling['candidate_share']), 0)}% of the variance of one run's error "
+                  f"(one-way ICC {_fmt(ceiling['candidate_share'])}), the training seed for the rest (SD "
+                  f"{_fmt(ceiling['seed_sd_pct'])} points)."]
+        if math.isfinite(ceiling["mean_reliability"]):
+            lines[-1] += (f" The target, the mean of the seeds' errors, is then about "
+                          f"{_fmt(ceiling['mean_reliability'])} reliable (Spearman-Brown), so even a perfect proxy "
+                          f"would show a Spearman of only about -{_fmt(ceiling['max_abs_spearman'])} with it.")
+        else:
+            lines[-1] += (" The seeds do not rank the candidates alike, so the target holds no ranking for a proxy "
+                          "to find: train longer before comparing proxies.")
     if report["diverged"]:
         lines += ["", f"{report['diverged']} candidate(s) diverged in training (failed.json in their folder): "
                   "left out of every statistic."]
@@ -532,11 +545,11 @@ def _markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _save_png(fig: Any, path: Path) -> None:
-    """Write a figure as PNG atomically (like every file the tool writes) and free it."""
+def _save_png(fig: Any, path: Path, top: float = 1.0) -> None:
+    """Lay out (below `top`, leaving room for a suptitle), write the figure as PNG atomically, free it."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, top))
     with atomic_file(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
@@ -547,6 +560,7 @@ def _plot_proxies(path: Path, rows: list[dict[str, Any]], config: StudyConfig, s
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     names = config.columns()
     cols = min(4, len(names))
@@ -559,6 +573,9 @@ def _plot_proxies(path: Path, rows: list[dict[str, Any]], config: StudyConfig, s
         ax.scatter(x, error, s=12, alpha=0.8)
         if positive:
             ax.set_xscale("log")
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(4))
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4), useOffset=False)
         ax.set_title(f"{name}  rho={_fmt(stats[name]['spearman'])}", fontsize=9)
         ax.set_xlabel(name, fontsize=8)
         ax.set_ylabel("test error %", fontsize=8)
@@ -567,7 +584,7 @@ def _plot_proxies(path: Path, rows: list[dict[str, Any]], config: StudyConfig, s
         ax.axis("off")
     fig.suptitle(f"{config.model} at {format_count(config.budget)}: proxy against final test error "
                  f"({len(rows)} candidates)", fontsize=10)
-    _save_png(fig, path)
+    _save_png(fig, path, top=1 - 0.35 / fig.get_figheight())
 
 
 def study_samples(out_dir: str | Path, sizes: list[int] | None = None, proxies: list[str] | None = None,
@@ -612,18 +629,20 @@ def _plot_samples(path: Path, table: list[dict[str, Any]], names: list[str], siz
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in names:
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    colors, styles = plt.get_cmap("tab10").colors, ("-", "--", "-.", ":")
+    for i, name in enumerate(names):
         rows = [r for r in table if r["proxy"] == name]
-        ax.plot(sizes, [r["expected_error_pct"] for r in rows], marker="o", ms=3, lw=1.2, label=name)
+        ax.plot(sizes, [r["expected_error_pct"] for r in rows], marker="o", ms=3, lw=1.2, label=name,
+                color=colors[i % len(colors)], ls=styles[i // len(colors) % len(styles)])
     oracle = [r["oracle_error_pct"] for r in table if r["proxy"] == names[0]]
-    ax.plot(sizes, oracle, "k--", lw=1, label="oracle (best of n)")
-    ax.axhline(random, color="grey", lw=1, ls=":", label="random pick")
+    ax.plot(sizes, oracle, "k", lw=2, label="oracle (best of n)")
+    ax.axhline(random, color="grey", lw=2, ls=":", label="random pick")
     ax.set_xscale("log")
     ax.set_xlabel("candidates sampled (n)")
     ax.set_ylabel("expected test error of the pick (%)")
     ax.set_title(f"Best-by-proxy of n samples from a pool of {pool}")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _save_png(fig, path)
 
 
