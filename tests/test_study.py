@@ -247,3 +247,29 @@ def test_ctrl_c_stops_a_study_with_workers_at_once_and_it_resumes(cifar_root: Pa
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert len(read_results(out)) == 4
+
+
+def test_torchrun_ranks_share_the_candidates_and_rank_0_reports(finished: Path, cifar_root: Path,
+                                                               tmp_path: Path) -> None:
+    """Two torchrun ranks each take their share of the pool; rank 0 writes the report of the whole pool,
+    with the single process's proxy values (up to thread-count rounding) and errors."""
+    import os
+
+    from test_workers import REPO
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+           "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            "-m", "blockswap", "study", "rank", "--model", "wrn-10-1", "--budget", "40k", "--candidates", "4",
+            "--proxies", "fisher,synflow,params,l2@2,accuracy@2", "--inits", "2", "--average", "fisher",
+            "--batch-size", "32", "--epochs", "1", "--train-subset", "96", "--test-subset", "64",
+            "--train-seeds", "0,1", "--data-dir", str(cifar_root), "--out", str(tmp_path), "--quiet"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("4 candidates") == 1  # rank 0 alone reports
+    ours, theirs = read_results(tmp_path), read_results(finished)
+    assert [r["genotype"] for r in ours] == [r["genotype"] for r in theirs]
+    for a, b in zip(ours, theirs):
+        for name in ("fisher", "synflow", "params", "fisher.mean2"):
+            assert a[name] == pytest.approx(b[name], rel=1e-4)
+        assert a["test_error_pct"] == pytest.approx(b["test_error_pct"], abs=5)  # 64 test images: 1.6 points each

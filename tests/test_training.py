@@ -13,6 +13,7 @@ from blockswap import Backbone, Genotype
 from blockswap.checkpoint import CheckpointError, read_checkpoint
 from blockswap.cli import main
 from blockswap.data import DataError, augment, load_cifar10
+from blockswap.errors import BlockSwapError
 from blockswap.training import TrainConfig, TrainingError, epoch_order, make_scheduler, train
 
 WRN10 = Backbone.from_name("wrn-10-1")
@@ -242,3 +243,17 @@ def test_step_schedule_divides_by_five_at_30_60_80_percent() -> None:
     assert lrs[59] == pytest.approx(0.1) and lrs[60] == pytest.approx(0.02)
     assert lrs[119] == pytest.approx(0.02) and lrs[120] == pytest.approx(0.004)
     assert lrs[160] == pytest.approx(0.0008) and math.isclose(lrs[-1], 0.0008)
+
+
+def test_under_torchrun_train_needs_a_group_unless_told_to_run_alone(cifar_root: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from blockswap.training import ONE_PROCESS
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    config = _config(cifar_root, epochs=1)
+    with pytest.raises(BlockSwapError, match="no process group"):
+        train(config, tmp_path / "a", progress=False)
+    with pytest.raises(BlockSwapError, match="ONE_PROCESS"):
+        train(config, tmp_path / "b", progress=False, group="alone")  # type: ignore[arg-type]
+    final = train(config, tmp_path / "c", progress=False, group=ONE_PROCESS)
+    assert final["processes"] == 1 and (tmp_path / "c" / "final.json").is_file()

@@ -58,7 +58,7 @@ from .outdir import atomic_file, check_recorded, read_json, record, write_json_a
 from .proxies import RecipeSteps, average_scores
 from .sampling import DEFAULT_TOLERANCE, sample_genotypes
 from .scoring import Score, make_scorer, register_scorer, scorer_factory, scorer_names
-from .training import SCHEDULES, DivergedError, TrainConfig, train
+from .training import ONE_PROCESS, SCHEDULES, DivergedError, TrainConfig, train
 from .workers import build_candidate, watch_parent
 
 __all__ = ["StudyConfig", "run_study", "write_report", "read_results", "study_samples", "parse_proxy", "parse_sizes",
@@ -260,7 +260,8 @@ def _run_candidate(job: _Job, batch: tuple[Tensor, Tensor]) -> int:
         run = folder / f"seed-{seed}"
         if not (run / "final.json").exists() and not (run / "failed.json").exists():
             try:
-                train(config.train_config(job.genotype, seed), run, resume=True, device=device, progress=False)
+                train(config.train_config(job.genotype, seed), run, resume=True, device=device, progress=False,
+                      group=ONE_PROCESS)  # under torchrun, each rank trains its own candidates
             except DivergedError as e:  # a diverged candidate is a result (no error to rank), not the end of the study
                 run.mkdir(parents=True, exist_ok=True)
                 write_json_atomic(run / "failed.json", {"reason": str(e)})

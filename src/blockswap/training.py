@@ -52,6 +52,7 @@ from .pruning import PRUNE_METHODS, Pruner, magnitude_scores, nonzero_params, sn
 
 __all__ = [
     "SCHEDULES",
+    "ONE_PROCESS",
     "TrainConfig",
     "TrainingError",
     "DivergedError",
@@ -64,6 +65,7 @@ __all__ = [
 ]
 
 SCHEDULES = ("cosine", "step")
+ONE_PROCESS = "one-process"  # train(group=ONE_PROCESS): this process alone, whatever torchrun started
 STEP_FRACTIONS = (0.3, 0.6, 0.8)  # the paper's epochs 60, 120, 160 of 200
 STEP_GAMMA = 0.2  # the paper divides the learning rate by 5
 LOG_EVERY = 20  # steps between progress updates (and the NaN check, which needs a sync)
@@ -418,17 +420,23 @@ def train(
     device: torch.device | None = None,
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any], BlockNetwork], None] | None = None,
-    group: torch_dist.ProcessGroup | None = None,
+    group: torch_dist.ProcessGroup | str | None = None,
 ) -> dict[str, Any]:
     """Train `config.genotype` into `out_dir` and return what final.json holds.
 
     With `resume`, an output folder holding this run continues from its last
     checkpoint. `on_epoch(row, network)` is called after each epoch's files are
     written. With a `torch.distributed` `group` (as `setup_distributed` joins
-    under torchrun), the run is data-parallel over its processes on `device`.
+    under torchrun), the run is data-parallel over its processes on `device`;
+    `group=ONE_PROCESS` trains in this process alone even under torchrun (each
+    rank its own run, as the ranking study does).
     """
     config.validate()
-    if group is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if isinstance(group, str):
+        if group != ONE_PROCESS:
+            raise BlockSwapError(f"group must be a process group, None or ONE_PROCESS, got {group!r}")
+        group = None
+    elif group is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise BlockSwapError("WORLD_SIZE > 1 but no process group was given: under torchrun, pass "
                              "group=setup_distributed().group, or each process trains its own copy into one folder")
     if config.teacher is not None:
