@@ -34,12 +34,13 @@ from .distributed import setup_distributed
 from .errors import BlockSwapError
 from .evaluate import evaluate_checkpoint
 from .genotype import Genotype, load_genotype
-from .options import add_options, argparse_type, values
+from .options import add_options, argparse_type, comma_separated, values
 from .precision import PRECISIONS
 from .pruning import PRUNE_METHODS
 from .search import SearchConfig, run_search
 from .study import StudyConfig, parse_sizes, run_study, study_samples
 from .training import TrainConfig, train
+from .workers import usable_cores
 
 __all__ = ["main", "build_parser", "load_plugin"]
 
@@ -103,10 +104,15 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
                    metavar="KEY=VALUE", help="a keyword setting of the scorer (repeatable), recorded in search.json")
     p.add_argument("--workers", type=_positive_int, default=None,
                    help="scoring processes per rank (default: one single-threaded process per core on CPU, 1 on CUDA)")
+    _add_resumable_options(p)
+    p.set_defaults(func=_cmd_search)
+
+
+def _add_resumable_options(p: argparse.ArgumentParser) -> None:
+    """--device, --out and --quiet of the commands that resume in their output folder (search, study rank)."""
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--out", required=True, type=Path, help="output folder; rerun with the same one to resume")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_search)
 
 
 def _default_workers(device: torch.device) -> int:
@@ -116,7 +122,7 @@ def _default_workers(device: torch.device) -> int:
 
 def _cmd_search(args: argparse.Namespace) -> int:
     config = SearchConfig(**values(args, SearchConfig), scorer_settings=dict(args.scorer_settings))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     if args.workers is not None and args.workers > cores:
         raise BlockSwapError(f"--workers {args.workers} exceeds the {cores} CPU cores this process may use; each "
                              "worker holds a candidate's activations (about 2 GB for WRN-40-2 at batch 128)")
@@ -321,9 +327,7 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--workers", type=_positive_int, default=1,
                    help="candidates scored and trained at once, each in its own process with an equal share of "
                    "the CPU threads (several share one GPU) (default: 1)")
-    r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    r.add_argument("--out", required=True, type=Path, help="output folder; rerun with the same one to resume")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_resumable_options(r)
     r.set_defaults(func=_cmd_study_rank)
     s = kinds.add_parser("samples", help="expected error of the best-by-proxy of n samples, from a finished study",
                          description="From the results.csv of `blockswap study rank`, the expected test error "
@@ -333,14 +337,13 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--study", required=True, type=Path, help="folder of a finished `blockswap study rank`")
     s.add_argument("--sizes", type=argparse_type(parse_sizes), default=None,
                    help="comma-separated n (default: 1, 2, 5, 10, 20, ... up to the pool)")
-    s.add_argument("--proxies", type=argparse_type(lambda t: [n.strip() for n in t.split(",") if n.strip()]),
-                   default=None, help="comma-separated proxy columns (default: all)")
+    s.add_argument("--proxies", type=comma_separated, default=None, help="comma-separated proxy columns (default: all)")
     s.set_defaults(func=_cmd_study_samples)
 
 
 def _cmd_study_rank(args: argparse.Namespace) -> int:
     config = StudyConfig(**values(args, StudyConfig))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     device = _device(args.device)
     if device.type == "cpu" and args.workers > cores:
         raise BlockSwapError(f"--workers {args.workers} exceeds the {cores} CPU cores this process may use")

@@ -20,7 +20,8 @@ from .errors import BlockSwapError
 
 T = TypeVar("T")
 
-__all__ = ["option", "add_options", "values", "command_args", "field_default", "from_record", "argparse_type"]
+__all__ = ["option", "add_options", "values", "command_args", "field_default", "from_record", "recorded_form",
+           "comma_separated", "argparse_type"]
 
 
 def option(
@@ -142,6 +143,21 @@ def values(args: argparse.Namespace, cls: type, skip: Iterable[str] = ()) -> dic
         elif hasattr(args, f.name):
             out[f.name] = getattr(args, f.name)
     return out
+
+
+def comma_separated(text: str) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c']: an option's list of names."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def recorded_form(cls: type, saved: Any) -> Any:
+    """A saved config as `cls` would record it now (defaults of later settings filled in), so an output
+    folder's record compares equal to the same settings; a record `cls` cannot read is returned as it is
+    (a dict, or {} for anything else), so the comparison names what differs."""
+    try:
+        return dataclasses.asdict(cls.from_dict(saved))
+    except (BlockSwapError, TypeError):
+        return saved if isinstance(saved, dict) else {}
 
 
 def from_record(cls: type[T], data: Any, what: str) -> T:

@@ -263,10 +263,6 @@ class L2Scorer:
         return _layer_score(model, [w.detach().norm().item() for w in _weights(model)])
 
 
-def _block_shapes(model: BlockNetwork) -> list[tuple[str, object]]:
-    return list(zip(model.block_names, model.backbone.block_shapes()))
-
-
 class ParamsScorer:
     """The network's trainable parameters; per block, its body's (what the budget window spends)."""
 

@@ -171,9 +171,12 @@ def register_scorer(name: str) -> Callable[[F_], F_]:
 
 def scorer_factory(name: str) -> Callable[..., Scorer]:
     """The factory registered under `name` (what `make_scorer` calls)."""
-    if name not in _REGISTRY:
-        raise BlockSwapError(f"unknown scorer {name!r}; valid choices: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise BlockSwapError(
+            f"unknown scorer {name!r}; valid choices: {', '.join(_REGISTRY)} (a plugin may register more)"
+        ) from None
 
 
 def scorer_names() -> list[str]:
@@ -187,12 +190,7 @@ def make_scorer(name: str, settings: dict[str, Any] | None = None, context: dict
     `context` holds what the caller knows (a search's `data_dir`, say): each
     entry the factory takes and `settings` does not set is passed too.
     """
-    try:
-        factory = _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise BlockSwapError(
-            f"unknown scorer {name!r}; valid choices: {', '.join(_REGISTRY)} (a plugin may register more)"
-        ) from None
+    factory = scorer_factory(name)
     settings = dict(settings or {})
     if context:
         try:

@@ -41,7 +41,7 @@ from .data import probe_images
 from .distributed import on_rank0, rank0_first
 from .errors import BlockSwapError
 from .genotype import Genotype
-from .options import from_record, option
+from .options import comma_separated, from_record, option, recorded_form
 from .outdir import check_recorded, record, write_json_atomic
 from .sampling import DEFAULT_TOLERANCE, sample_genotypes
 from .proxies import PROXIES  # noqa: F401  (registers the proxies, so a search can name them)
@@ -53,10 +53,6 @@ __all__ = ["SearchConfig", "SearchResult", "run_search", "screen_key"]
 
 DEFAULT_SCREEN_BATCH = 32  # images: Spearman 0.993 against the full 128 on 40 WRN-40-2 candidates (issue 12)
 DEFAULT_RESCORE_FRACTION = 0.1  # see benchmarks/README.md: the worst rank of the full pick in the screen order
-
-
-def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 @dataclass
@@ -88,7 +84,7 @@ class SearchConfig:
     inits: int = field(default=1, metadata=option(
         "initialisations scored per candidate and averaged (mean of the log score for positive scorers)"))
     palette: list[str] | None = field(default=None, metadata=option(
-        "comma-separated block types a slot may take; default: the 23 published types", parse=_names,
+        "comma-separated block types a slot may take; default: the 23 published types", parse=comma_separated,
         metavar="NAMES"))
 
     def __post_init__(self) -> None:
@@ -165,12 +161,9 @@ def _part_path(out: Path, rank: int) -> Path:
 
 
 def _normalized(saved: Any) -> dict[str, Any]:
-    try:
-        if isinstance(saved, dict) and "screen" not in saved:  # recorded before screening existed: unscreened
-            saved = {**saved, "screen": False}
-        return asdict(SearchConfig.from_dict(saved))
-    except (BlockSwapError, TypeError):
-        return saved if isinstance(saved, dict) else {}
+    if isinstance(saved, dict) and "screen" not in saved:  # recorded before screening existed: unscreened
+        saved = {**saved, "screen": False}
+    return recorded_form(SearchConfig, saved)
 
 
 def _trusted_rows(path: Path, genotypes: list[Genotype]) -> dict[int, Candidate]:

@@ -26,16 +26,15 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import math
 import os
 import shlex
 import signal
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,19 +46,19 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .backbones import get_backbone
-from .blocks import DEFAULT_PALETTE, BlockType, register_block_type, registered_block_types
+from .blocks import BlockType, register_block_type, registered_block_types
 from .counts import format_count, parse_budget
 from .data import probe_images
 from .distributed import on_rank0, rank0_first
 from .errors import BlockSwapError
 from .genotype import Genotype
-from .options import command_args, from_record, option
+from .options import command_args, comma_separated, from_record, option, recorded_form
 from .outdir import atomic_file, check_recorded, read_json, record, write_json_atomic, write_text_atomic
 from .proxies import RecipeSteps, average_scores
 from .sampling import DEFAULT_TOLERANCE, sample_genotypes
 from .scoring import Score, make_scorer, register_scorer, scorer_factory, scorer_names
 from .training import ONE_PROCESS, SCHEDULES, DivergedError, TrainConfig, train
-from .workers import build_candidate, watch_parent
+from .workers import build_candidate, start_worker, usable_cores, user_block_types
 
 __all__ = ["StudyConfig", "run_study", "write_report", "read_results", "study_samples", "parse_proxy", "parse_sizes",
            "DEFAULT_PROXIES"]
@@ -70,13 +69,9 @@ DEFAULT_PROXIES = ("fisher", "fisher_convs", "grad_norm", "snip", "grasp", "synf
 _AT_INIT_ONLY = ("params", "macs")  # proxies that do not depend on the weights: never averaged
 
 
-def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
-
-
 def _seeds(text: str) -> list[int]:
     try:
-        return [int(s) for s in _names(text)]
+        return [int(s) for s in comma_separated(text)]
     except ValueError:
         raise BlockSwapError(f"training seeds must be whole numbers separated by commas, got {text!r}") from None
 
@@ -105,12 +100,12 @@ class StudyConfig:
     proxies: list[str] = field(default_factory=lambda: list(DEFAULT_PROXIES), metadata=option(
         "comma-separated proxies: registered scorers, NAME@K for the value after K SGD steps of the recipe "
         "(fp32, lr --lr, batch --batch-size, seeded batches of the whole training set)",
-        parse=_names, metavar="NAMES"))
+        parse=comma_separated, metavar="NAMES"))
     inits: int = field(default=1, metadata=option(
         "initialisations averaged for the at-initialisation proxies, reported beside the single ones as NAME.meanK"))
     average: list[str] | None = field(default=None, metadata=option(
         "comma-separated at-initialisation proxies averaged over --inits (default: all that depend on the weights)",
-        parse=_names, metavar="NAMES"))
+        parse=comma_separated, metavar="NAMES"))
     seed: int = field(default=0, metadata=option("fixes the pool, the initial weights and the probe batch"))
     tolerance: float = field(default=DEFAULT_TOLERANCE, metadata=option("budget window, as for search"))
     batch_size: int = field(default=128, metadata=option("probe batch and training batch (equal, as in the paper)"))
@@ -258,7 +253,7 @@ def _run_candidate(job: _Job, batch: tuple[Tensor, Tensor]) -> int:
             "seconds": seconds}))
     for seed in config.train_seeds:
         run = folder / f"seed-{seed}"
-        if not (run / "final.json").exists() and not (run / "failed.json").exists():
+        if not _trained(run):
             try:
                 train(config.train_config(job.genotype, seed), run, resume=True, device=device, progress=False,
                       group=ONE_PROCESS)  # under torchrun, each rank trains its own candidates
@@ -281,11 +276,8 @@ def _init_worker(batch: tuple[Tensor, Tensor], threads: int, parent: int, scorer
     """Runs once in each study process: the parent's user scorers and block types (unpickling them imports the
     plugin that defines them), the probe batch, the thread count."""
     global _batch
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    start_worker(parent, threads)
     signal.signal(signal.SIGUSR1, _stop_job)
-    threading.Thread(target=watch_parent, args=(parent,), daemon=True, name="blockswap-parent-watch").start()
-    torch.set_num_threads(threads)
     for name, factory in scorers.items():
         if name not in scorer_names():
             register_scorer(name)(factory)
@@ -303,9 +295,12 @@ def _run_in_worker(job: _Job) -> int:
 
 def _done(config: StudyConfig, out: Path, index: int) -> bool:
     folder = _candidate_dir(out, index)
-    return (folder / "scores.json").exists() and all(
-        (folder / f"seed-{s}" / "final.json").exists() or (folder / f"seed-{s}" / "failed.json").exists()
-        for s in config.train_seeds)
+    return (folder / "scores.json").exists() and all(_trained(folder / f"seed-{s}") for s in config.train_seeds)
+
+
+def _trained(run: Path) -> bool:
+    """Whether a candidate's training run is over: finished (final.json) or diverged (failed.json)."""
+    return (run / "final.json").exists() or (run / "failed.json").exists()
 
 
 def _final_error(run: Path) -> float:
@@ -321,13 +316,11 @@ def _run_jobs(jobs: list[_Job], batch: tuple[Tensor, Tensor], workers: int, bar:
             _run_candidate(job, batch)
             bar.update(1)
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = max(1, cores // workers)
+    threads = max(1, usable_cores() // workers)
     config = jobs[0].config
     scorers = {base: scorer_factory(base) for base, _ in map(parse_proxy, config.proxies)
                if not scorer_factory(base).__module__.startswith("blockswap.")}  # a plugin's: the workers import it
-    names = {name for job in jobs for name in job.genotype.blocks}
-    user_types = [t for name, t in registered_block_types().items() if name in names and name not in DEFAULT_PALETTE]
+    user_types = user_block_types({name for job in jobs for name in job.genotype.blocks})
     pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
                                initializer=_init_worker, initargs=(batch, threads, os.getpid(), scorers, user_types))
     futures = [pool.submit(_run_in_worker, job) for job in jobs]
@@ -381,15 +374,9 @@ def run_study(config: StudyConfig, out_dir: str | Path, workers: int = 1, device
 
 def _prepare_out_dir(out: Path, config: StudyConfig) -> None:
     """Record config.json in a new folder, or check that the folder's study is this one."""
-    if not check_recorded(out, "config.json", asdict(config), _normalized, "study", "use a fresh --out directory"):
+    if not check_recorded(out, "config.json", asdict(config), partial(recorded_form, StudyConfig), "study",
+                          "use a fresh --out directory"):
         record(out, "config.json", asdict(config))
-
-
-def _normalized(saved: Any) -> dict[str, Any]:
-    try:
-        return asdict(StudyConfig.from_dict(saved))
-    except (BlockSwapError, TypeError):
-        return saved if isinstance(saved, dict) else {}
 
 
 def _results(out: Path, config: StudyConfig) -> list[dict[str, Any]]:
@@ -649,7 +636,7 @@ def _plot_samples(path: Path, table: list[dict[str, Any]], names: list[str], siz
 
 def parse_sizes(text: str) -> list[int]:
     """'1,5,10' -> [1, 5, 10]."""
-    parts = _names(text)
+    parts = comma_separated(text)
     if not parts or not all(p.isdigit() for p in parts):
         raise BlockSwapError(f"sample sizes must be whole numbers separated by commas, got {text!r}")
     return [int(p) for p in parts]

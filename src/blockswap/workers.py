@@ -36,7 +36,7 @@ from .genotype import Genotype
 from .proxies import average_scores
 from .scoring import Score, Scorer
 
-__all__ = ["SCORING_THREADS", "Job", "watch_parent", "candidate_seed", "build_candidate", "score_genotype", "ScoringPool", "Scoring"]
+__all__ = ["SCORING_THREADS", "Job", "watch_parent", "start_worker", "usable_cores", "user_block_types", "candidate_seed", "build_candidate", "score_genotype", "ScoringPool", "Scoring"]
 
 Job = tuple[int, Genotype, int]  # (candidate index, genotype, how many images of the probe batch to score it on)
 
@@ -89,14 +89,25 @@ def watch_parent(parent: int) -> None:
     os._exit(1)
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the OS tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def start_worker(parent: int, threads: int) -> None:
+    """The start of every spawned worker: Ctrl-C and SIGTERM are the parent's to handle, the process ends
+    itself when `parent` dies, and torch uses `threads` threads."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=watch_parent, args=(parent,), daemon=True, name="blockswap-parent-watch").start()
+    torch.set_num_threads(threads)
+
+
 def _init_worker(batch: tuple[Tensor, Tensor], device: str, seed: int, scorer: Scorer, inits: int,
                  user_types: list[BlockType], parent: int) -> None:
     """Runs once in each pool process: register the parent's user block types, keep the shared inputs."""
     global _worker
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    threading.Thread(target=watch_parent, args=(parent,), daemon=True, name="blockswap-parent-watch").start()
-    torch.set_num_threads(SCORING_THREADS)
+    start_worker(parent, SCORING_THREADS)
     for block in user_types:
         register_block_type(block)
     _worker = _WorkerState((batch[0].to(device), batch[1].to(device)), seed, scorer, inits)
@@ -122,7 +133,7 @@ def _picklable(obj: object, what: str) -> object:
     return obj
 
 
-def _user_block_types(names: set[str]) -> list[BlockType]:
+def user_block_types(names: set[str]) -> list[BlockType]:
     """The registered types among `names` that are not published ones: what a fresh process would lack."""
     return [t for name, t in registered_block_types().items() if name in names and name not in DEFAULT_PALETTE]
 
@@ -133,7 +144,7 @@ class ScoringPool:
     def __init__(self, workers: int, batch: tuple[Tensor, Tensor], seed: int, scorer: Scorer,
                  block_types: Iterable[str] = (), inits: int = 1) -> None:
         """`block_types`: the names the jobs' genotypes use; user-registered ones among them go to every worker."""
-        user_types = _picklable(_user_block_types(set(block_types)), "registered block types")
+        user_types = _picklable(user_block_types(set(block_types)), "registered block types")
         self._pool = ProcessPoolExecutor(
             max_workers=workers,
             mp_context=mp.get_context("spawn"),
