@@ -56,3 +56,28 @@ def tiny_teacher(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
                          epochs=1, batch_size=32, train_subset=256, test_subset=200, precision="fp32")
     train(config, out, progress=False)
     return out
+
+
+FOLDER_CLASSES = ("airplane", "cat", "ship")  # CIFAR-10 labels 0, 3 and 8
+FOLDER_IMAGES = {"train": 48, "val": 16}  # per class
+
+
+@pytest.fixture(scope="session")
+def image_folder(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small image folder (train/<class>/*.jpg, val/<class>/*.jpg): 3 CIFAR-10 classes resized to 64x64 JPEGs."""
+    from PIL import Image
+
+    from blockswap.data import load_cifar10
+
+    root = tmp_path_factory.mktemp("folder")
+    for split, per_class in FOLDER_IMAGES.items():
+        images = load_cifar10(cifar_root, train=split == "train", download=False)
+        for label, name in zip((0, 3, 8), FOLDER_CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            picked = (images.labels == label).nonzero().flatten()[:per_class]
+            for i, index in enumerate(picked.tolist()):
+                pixels = images.images[index].permute(1, 2, 0).numpy()
+                Image.fromarray(pixels).resize((64, 64), Image.Resampling.BICUBIC).save(folder / f"{i:04d}.jpg",
+                                                                                         quality=90)
+    return root

@@ -100,3 +100,10 @@ def test_screening_benchmark_reports_a_consistent_comparison() -> None:
     assert out["rescored"] == 3 and 1 <= out["full_pick_screen_rank"] <= 6
     if out["full_pick_screen_rank"] <= out["rescored"]:  # the paper's pick survived the screen: it is the pick
         assert out["same_pick"]
+
+
+def test_decode_benchmark_times_the_same_views_every_way() -> None:
+    out = _run("decode.py", "--json", "--images", "6", "--rounds", "1", "--width", "640", "--height", "480")
+    assert {"pillow_full_img_s", "pillow_draft_img_s", "draft_speedup"} <= set(out)
+    assert out["draft_speedup"] == pytest.approx(out["pillow_draft_img_s"] / out["pillow_full_img_s"])
+    assert out["images"] == 6 and out["source"] == "640x480 JPEG q90"

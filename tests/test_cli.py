@@ -74,3 +74,15 @@ def test_debug_shows_the_traceback_that_a_user_never_sees(tmp_path: Path) -> Non
     assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
     assert "Traceback" in loud.stderr and "GenotypeError" in loud.stderr
     assert "Traceback" in also.stderr
+
+
+def test_info_on_a_16_block_csv_names_resnet34(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    csv_path = tmp_path / "bs_imagenet_1.csv"
+    csv_path.write_text(",index,convs,fisher\n0,0,\"['DConvA8', 'G2B2', 'G2B2', 'Conv', 'DConvA2', 'DConvG2','ConvB2',"
+                        "'DConvA16', 'A16B2', 'G16B2', 'DConvG4', 'A2B2', 'A8B2', 'G2B2', 'DConvG4', 'A4B2']\",0.0\n")
+    assert main(["info", str(csv_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("blockswap: error:") and "(pass --model resnet34)" in err[0], err
+    assert main(["info", str(csv_path), "--model", "resnet34"]) == 0
+    table = capsys.readouterr().out
+    assert "resnet34, 1000 classes" in table and "params 3,083,176 (3.08M)" in table

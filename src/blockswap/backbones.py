@@ -28,6 +28,7 @@ __all__ = [
     "register_backbone",
     "get_backbone",
     "backbone_names",
+    "models_with_blocks",
 ]
 
 
@@ -223,6 +224,42 @@ def get_backbone(name: str, num_classes: int | None = None) -> Backbone:
     if refusal is not None:
         raise refusal
     raise BlockSwapError(f"unknown model {name!r}; valid choices: {', '.join(backbone_names())}")
+
+
+def _probe(name: str) -> Backbone | None:
+    try:
+        return get_backbone(name)
+    except BlockSwapError:
+        return None
+
+
+def models_with_blocks(num_blocks: int, like: Backbone | None = None) -> list[tuple[str, tuple[str, ...]]]:
+    """Registered model names whose backbone has `num_blocks` blocks, to suggest a model for a genotype list.
+
+    Each comes with the placeholders of its template that leave the count unchanged (e.g. `("width",)` for
+    `wrn-40-2`). Literal names are tried as they are; a template's `{depth}` is probed from 1 to
+    4 * num_blocks + 16 (a block holds at most four of the layers a depth counts, and at most 16 sit outside
+    the blocks), its other numbers taken from `like` where `like` comes from that template, else 1. Only
+    specs are made, no networks, so this is cheap.
+    """
+    found: dict[str, tuple[str, ...]] = {}
+    depths = range(1, 4 * num_blocks + 17)
+    for entry in list(_REGISTRY.values()):
+        fields = re.findall(r"\{([a-z_]+)\}", entry.template)
+        base = dict.fromkeys(fields, 1)
+        if like is not None and (m := entry.pattern.fullmatch(like.name.lower())):
+            base.update({k: int(v) for k, v in m.groupdict().items()})
+        for depth in depths if "depth" in fields else (None,):
+            numbers = base if depth is None else {**base, "depth": depth}
+            backbone = _probe(entry.template.format(**numbers))
+            if backbone is None or backbone.num_blocks != num_blocks or backbone.name in found:
+                continue
+            found[backbone.name] = tuple(
+                k for k in fields if k != "depth"
+                and (other := _probe(entry.template.format(**{**numbers, k: numbers[k] + 1}))) is not None
+                and other.num_blocks == num_blocks
+            )
+    return list(found.items())
 
 
 @register_backbone("wrn-{depth}-{width}", help="WideResNet, depth 6n+4, e.g. wrn-40-2, wrn-16-1")

@@ -44,9 +44,13 @@ def student_genotype(
     prune: str | None = None,
     budget: int | None = None,
     seed: int = 0,
+    num_classes: int | None = None,
 ) -> Genotype:
     """The student a baseline trains: `all_type` or `random` on `model`'s backbone (else the teacher's),
-    `model` alone scaled, or the teacher itself for `prune` (which `budget` then bounds)."""
+    `model` alone scaled, or the teacher itself for `prune` (which `budget` then bounds).
+
+    A `model` gets `num_classes` classes, else the teacher's, else its own.
+    """
     if sum(map(bool, (all_type, random, prune))) > 1:
         raise BlockSwapError("choose one baseline: all_type, random or prune")
     if prune is not None and prune not in PRUNE_METHODS:
@@ -61,11 +65,13 @@ def student_genotype(
         if teacher is None:
             raise BlockSwapError("--prune prunes the teacher: give --teacher, or --teacher-model with --no-teacher")
         return teacher
+    if num_classes is None and teacher is not None:
+        num_classes = teacher.backbone.num_classes
     if model and not (all_type or random):
-        return scaled(model)
+        return scaled(model, num_classes)
     if model is None and teacher is None:
         raise BlockSwapError("name the student: --genotype FILE, --model NAME, or a teacher to derive it from")
-    backbone = get_backbone(model) if model else teacher.backbone  # type: ignore[union-attr]
+    backbone = get_backbone(model, num_classes) if model else teacher.backbone  # type: ignore[union-attr]
     if all_type:
         return single_type(backbone, all_type)
     if random:

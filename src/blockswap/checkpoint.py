@@ -61,7 +61,9 @@ def load_network(
     """The network stored in `path`, its genotype and the file's dict.
 
     When the file records its genotype and `expected` is given, they must be
-    equal; a bare state dict needs `expected` to be built.
+    equal. A bare state dict (or a common wrapper of one) is built as
+    `expected`, else as the BasicBlock ResNet its shapes show
+    (`blockswap.resnet_import`), named after the file.
     """
     payload = read_checkpoint(path, map_location)
     if "genotype" in payload and "state_dict" in payload:
@@ -72,10 +74,15 @@ def load_network(
                 "pass the matching --teacher-model, or leave it out to use the checkpoint's architecture"
             )
         state = payload["state_dict"]
-    elif expected is not None:
-        genotype, state = expected, payload
     else:
-        raise CheckpointError(f"{path} does not record its architecture; name it (e.g. --teacher-model wrn-40-2)")
+        from .resnet_import import genotype_of_weights, normalize_state_dict
+
+        try:
+            state = normalize_state_dict(payload)
+            genotype = expected or genotype_of_weights(state, name=Path(path).stem)
+        except BlockSwapError as e:
+            raise CheckpointError(f"{path} does not record its architecture and is not a BasicBlock ResNet whose "
+                                  f"layout its weights show ({e}); name it (e.g. --teacher-model wrn-40-2)") from None
     model = genotype.build()
     try:
         model.load_state_dict(state)

@@ -28,7 +28,7 @@ import torch
 from .backbones import get_backbone
 from .baselines import student_genotype
 from .blocks import block_type
-from .checkpoint import read_checkpoint
+from .checkpoint import load_network, read_checkpoint
 from .counts import format_count, parse_budget
 from .distributed import setup_distributed
 from .errors import BlockSwapError
@@ -37,9 +37,10 @@ from .genotype import Genotype, load_genotype
 from .options import add_options, argparse_type, comma_separated, values
 from .precision import PRECISIONS
 from .pruning import PRUNE_METHODS
+from .resnet_import import is_weight_file, model_backbone
 from .search import SearchConfig, run_search
 from .study import StudyConfig, parse_sizes, run_study, study_samples
-from .training import TrainConfig, train
+from .training import RECIPES, TrainConfig, train
 from .workers import usable_cores
 
 __all__ = ["main", "build_parser", "load_plugin"]
@@ -153,26 +154,42 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="parameters, MACs and per-block table of a genotype",
                        description="GENOTYPE is a genotype JSON, a published-format CSV, or a model name "
                        "(wrn-40-2, resnet34, ...) for its all-Conv teacher.")
-    p.add_argument("genotype", help="genotype file (.json or .csv) or model name")
+    p.add_argument("genotype", help="genotype file (.json or .csv), model name, or a ResNet weight file (.pt/.pth)")
     p.add_argument("--model", default=None, help="backbone for a CSV genotype (default wrn-40-2)")
+    _add_num_classes(p)
     p.add_argument("--row", type=int, default=0, help="data row of a multi-row CSV (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_info)
 
 
-def _resolve_genotype(text: str, model: str | None, row: int) -> Genotype:
+def _add_num_classes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-classes", type=_positive_int, default=None,
+                   help="classes of the network's head (default: the model's own, 10 for wrn-D-K, 1000 for resnet18/34)")
+
+
+def _resolve_genotype(text: str, model: str | None, row: int, num_classes: int | None = None) -> Genotype:
+    """A genotype file (JSON, or a published CSV on `model`'s backbone), or a model name's all-Conv network;
+    `num_classes` gives a model name or a CSV's backbone that many classes."""
     path = Path(text)
-    backbone = get_backbone(model) if model else None
+    backbone = get_backbone(model, num_classes) if model else None
+    if is_weight_file(text):
+        return Genotype.uniform(model_backbone(text, num_classes))
     if path.suffix.lower() in (".json", ".csv") or path.exists():
-        return load_genotype(path, backbone=backbone, row=row)
+        if backbone is None and num_classes is not None and path.suffix.lower() == ".csv":
+            backbone = get_backbone("wrn-40-2", num_classes)
+        genotype = load_genotype(path, backbone=backbone, row=row)
+        if num_classes is not None and genotype.backbone.num_classes != num_classes:
+            raise BlockSwapError(f"{path} is a genotype with {genotype.backbone.num_classes} classes, not the "
+                                 f"{num_classes} --num-classes asks for")
+        return genotype
     try:
-        return Genotype.uniform(get_backbone(text))
+        return Genotype.uniform(get_backbone(text, num_classes))
     except BlockSwapError:
         raise BlockSwapError(f"{text!r} is neither a genotype file nor a model name") from None
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    g = _resolve_genotype(args.genotype, args.model, args.row)
+    g = _resolve_genotype(args.genotype, args.model, args.row, args.num_classes)
     post = g.backbone.post_activation
     rows = []
     for i, (name, shape, stage) in enumerate(zip(g.blocks, g.backbone.block_shapes(), g.backbone.block_stages())):
@@ -200,9 +217,23 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_loader_workers(p)
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
+def _add_loader_workers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--loader-workers", type=int, default=None,
+                   help="processes decoding an image folder's images (0: in the main process; default: one per "
+                   "core, at most 8); changes the speed, never the batches")
+
+
+def _add_recipe(p: argparse.ArgumentParser, recipe: str) -> None:
+    p.add_argument("--recipe", choices=list(RECIPES), default=recipe,
+                   help="the defaults of every training setting: cifar (SPEC section 5: 200 epochs, batch 128, "
+                   "wd 5e-4, cosine, Cutout, beta 1000) or imagenet (100 epochs, batch 256, wd 1e-4, lr/10 every 30 "
+                   "epochs, no Cutout, beta 750); any setting given on the command line wins (default: cifar)")
+
+
+def _add_train(sub: argparse._SubParsersAction, recipe: str) -> None:
     p = sub.add_parser("train", help="train a teacher, or a student with attention transfer",
                        description="Train on CIFAR-10 with the paper's recipe; writes config.json, metrics.jsonl, "
                        "checkpoint.pt, best.pt, last.pt and final.json to --out. Works under torchrun.")
@@ -212,7 +243,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     arch = t.add_mutually_exclusive_group(required=True)
     arch.add_argument("--model", help="all-Conv network: a registered backbone, e.g. wrn-40-2 or resnet18")
     arch.add_argument("--genotype", help="genotype file (.json, or published .csv as WRN-40-2)")
-    add_options(t, TrainConfig, skip=("distill",))
+    _add_num_classes(t)
+    _add_recipe(t, recipe)
+    add_options(t, TrainConfig, skip=("distill",), defaults=RECIPES[recipe])
     _add_run_options(t)
     t.set_defaults(func=_cmd_train)
 
@@ -231,47 +264,49 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--budget", type=argparse_type(parse_budget),
                    help="parameter budget for --random and --prune, e.g. 400k")
     teach = s.add_mutually_exclusive_group(required=True)
-    teach.add_argument("--teacher", help="teacher weight file (e.g. last.pt of a teacher run)")
+    teach.add_argument("--teacher", help="teacher weight file: last.pt of a teacher run, or your own BasicBlock "
+                       "ResNet's weights (torchvision/timm layout, read from its shapes)")
     teach.add_argument("--no-teacher", action="store_true", help="cross-entropy only: what distillation adds")
     s.add_argument("--teacher-model", help="the teacher's architecture (model name or genotype file); "
                    "checked against the checkpoint, needed only for a bare state dict")
-    add_options(s, TrainConfig)
+    _add_num_classes(s)
+    _add_recipe(s, recipe)
+    add_options(s, TrainConfig, defaults=RECIPES[recipe])
     _add_run_options(s)
     s.set_defaults(func=_cmd_train)
 
 
 def _teacher_genotype(args: argparse.Namespace) -> Genotype | None:
-    """The teacher's genotype from --teacher-model, else as recorded in the --teacher file."""
+    """The teacher's genotype from --teacher-model, else as the --teacher file records it or its weights show."""
     if args.teacher_model:
         return _resolve_genotype(args.teacher_model, None, 0)
     if args.teacher is None:
         return None
-    recorded = read_checkpoint(args.teacher).get("genotype")
-    if recorded is None:
-        raise BlockSwapError(f"{args.teacher} does not record its architecture; name it with --teacher-model")
-    return Genotype.from_dict(recorded)
+    return load_network(args.teacher)[1]
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     if args.kind == "teacher":
-        genotype = _resolve_genotype(args.genotype or args.model, None, 0)
+        genotype = _resolve_genotype(args.genotype or args.model, None, 0, args.num_classes)
         config = TrainConfig(genotype=genotype.to_dict(), **values(args, TrainConfig, skip=("distill",)))
     else:
         teacher = _teacher_genotype(args)
         if args.genotype:
-            genotype = _resolve_genotype(args.genotype, args.model, 0)
+            genotype = _resolve_genotype(args.genotype, args.model, 0, args.num_classes)
         else:
             genotype = student_genotype(teacher, model=args.model, all_type=args.all, random=args.random,
-                                        prune=args.prune, budget=args.budget, seed=args.seed)
+                                        prune=args.prune, budget=args.budget, seed=args.seed,
+                                        num_classes=args.num_classes)
         config = TrainConfig(
             genotype=genotype.to_dict(), teacher=args.teacher,
-            teacher_genotype=teacher.to_dict() if args.teacher and args.teacher_model else None,
+            teacher_genotype=teacher.to_dict() if args.teacher and (args.teacher_model or "genotype" not in
+                                                                    read_checkpoint(args.teacher)) else None,
             prune=args.prune, prune_budget=args.budget if args.prune else None, **values(args, TrainConfig))
     config.validate()
     place = setup_distributed(_device(args.device))
     try:
         final = train(config, args.out, resume=args.resume, device=place.device, progress=not args.quiet,
-                      group=place.group)
+                      group=place.group, loader_workers=args.loader_workers)
     except KeyboardInterrupt as e:
         print(f"blockswap: interrupted; add --resume to the same command to continue from {args.out}/checkpoint.pt",
               file=sys.stderr)
@@ -295,8 +330,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                        "checkpoint.pt) on the CIFAR-10 test set and time it on the current device.")
     p.add_argument("--checkpoint", required=True, help="weight file")
     p.add_argument("--data-dir", required=True,
-                   help="folder holding cifar-10-batches-py (downloaded there, MD5-checked, if missing)")
+                   help="folder holding cifar-10-batches-py (downloaded there, MD5-checked, if missing), or an image "
+                   "folder (its val/ split is the test set)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    _add_loader_workers(p)
     p.add_argument("--precision", choices=PRECISIONS, default=_EVAL_DEFAULTS["precision"],
                    help=f"(default: {_EVAL_DEFAULTS['precision']})")
     p.add_argument("--test-subset", type=_positive_int, default=_EVAL_DEFAULTS["test_subset"],
@@ -308,7 +345,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     report = evaluate_checkpoint(args.checkpoint, args.data_dir, _device(args.device), args.precision,
-                                 test_subset=args.test_subset, repeats=args.repeats)
+                                 test_subset=args.test_subset, repeats=args.repeats, loader_workers=args.loader_workers)
     print(json.dumps(report.to_dict(), indent=2))
     return 0
 
@@ -380,8 +417,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line; build it after plugins are loaded, so their scorers are among the choices."""
+def build_parser(recipe: str = "cifar") -> argparse.ArgumentParser:
+    """The whole command line; build it after plugins are loaded, so their scorers are among the choices.
+
+    `recipe` (see `_recipe`) gives the training commands' option defaults.
+    """
     parser = _Parser(prog="blockswap", description="Fisher-guided block substitution (BlockSwap).")
     parser.add_argument("--debug", action="store_true", help=f"show the traceback of an error (also ${DEBUG_ENV}=1)")
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
@@ -390,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_search(sub)
     _add_info(sub)
-    _add_train(sub)
+    _add_train(sub, recipe)
     _add_eval(sub)
     _add_study(sub)
     return parser
@@ -405,6 +445,14 @@ def _load_plugins(argv: Sequence[str]) -> list[str]:
     for spec in env + known.plugin:
         load_plugin(spec)
     return rest
+
+
+def _recipe(argv: Sequence[str]) -> str:
+    """The --recipe named in argv (cifar when none): it sets the training options' defaults before parsing."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--recipe", default="cifar")
+    recipe = pre.parse_known_args(argv)[0].recipe
+    return recipe if recipe in RECIPES else "cifar"  # an unknown name is left for the full parser to refuse
 
 
 class Terminated(KeyboardInterrupt):
@@ -438,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         rest = _load_plugins(argv)  # first: the parser's choices include what plugins register
-        args = build_parser().parse_args(rest)
+        args = build_parser(_recipe(rest)).parse_args(rest)
         return args.func(args)
     except KeyboardInterrupt as e:
         print("blockswap: interrupted; rerun the same command to resume", file=sys.stderr)

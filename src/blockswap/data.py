@@ -1,4 +1,4 @@
-"""CIFAR-10: reading the standard python layout, downloading it, and batch augmentation.
+"""CIFAR-10: reading the standard python layout, downloading it, and batch augmentation; which data a folder holds.
 
 Layout and pickles as in SPEC section 7 (`cifar-10-batches-py/`, pickle with
 latin1), read by an unpickler that admits only NumPy's array rebuilding, so a
@@ -20,9 +20,11 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +32,9 @@ from torch import Tensor
 
 from .errors import BlockSwapError
 from .outdir import file_digest
+
+if TYPE_CHECKING:
+    from .folders import FolderSplit
 
 __all__ = [
     "DataError",
@@ -44,8 +49,10 @@ __all__ = [
     "download_cifar10",
     "load_embedded_sample",
     "probe_images",
+    "load_split",
     "normalize",
     "augment",
+    "cutout_holes",
 ]
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -64,10 +71,11 @@ class DataError(BlockSwapError):
 
 @dataclass
 class ImageSet:
-    """uint8 images (N x 3 x H x W) and int64 labels (N), on one device."""
+    """uint8 images (N x 3 x H x W) and int64 labels (N), on one device: CIFAR-10 held in memory."""
 
     images: Tensor
     labels: Tensor
+    num_classes: int = 10
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -78,12 +86,37 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
     def to(self, device: torch.device | str) -> ImageSet:
-        return ImageSet(self.images.to(device), self.labels.to(device))
+        return ImageSet(self.images.to(device), self.labels.to(device), self.num_classes)
 
     def subset(self, n: int) -> ImageSet:
         """The first n images (or all of them if there are fewer)."""
-        return ImageSet(self.images[:n], self.labels[:n])
+        return ImageSet(self.images[:n], self.labels[:n], self.num_classes)
+
+    def shard(self, rank: int, world: int) -> ImageSet:
+        """Every world-th image from `rank` on (a process's share of the evaluation)."""
+        return ImageSet(self.images[rank::world], self.labels[rank::world], self.num_classes)
+
+    def with_workers(self, workers: int) -> ImageSet:
+        """Itself: images in memory need no decoding processes (the image-folder split's counterpart)."""
+        return self
+
+    def train_batches(self, batches: Sequence[Tensor], generator: torch.Generator, cutout: int,
+                      key: tuple[int, ...]) -> Iterator[tuple[Tensor, Tensor]]:
+        """Training batches of the given image indices, augmented on the device with `generator` (`key` unused:
+        the generator alone seeds in-memory augmentation)."""
+        for idx in batches:
+            idx = idx.to(self.device)
+            yield augment(self.images[idx], generator, cutout=cutout), self.labels[idx]
+
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """The whole set in order, normalised, in batches of `batch_size`."""
+        for start in range(0, len(self), batch_size):
+            yield normalize(self.images[start : start + batch_size]), self.labels[start : start + batch_size]
 
     def probe_batch(self, batch_size: int, seed: int, augmented: bool = True) -> tuple[Tensor, Tensor]:
         """A seeded random minibatch (with the training augmentation), the same for every call."""
@@ -202,9 +235,20 @@ def load_embedded_sample() -> ImageSet:
         return ImageSet(torch.from_numpy(npz["images"]), torch.from_numpy(npz["labels"].astype(np.int64)))
 
 
-def probe_images(data_dir: str | Path | None) -> ImageSet:
-    """The images a search draws its minibatch from: the CIFAR-10 train set in `data_dir`, or the embedded sample."""
-    return load_embedded_sample() if data_dir is None else load_cifar10(data_dir, train=True)
+def load_split(data_dir: str | Path, train: bool, size: int, workers: int = 0) -> ImageSet | FolderSplit:
+    """The training or test images in `data_dir`: an image folder (`train/`, `val/`) decoded to `size` by
+    `workers` processes, else CIFAR-10 (downloaded there if missing) held in memory."""
+    from .folders import is_image_folder, open_image_folder
+
+    if is_image_folder(data_dir):
+        return open_image_folder(data_dir, size)[0 if train else 1].with_workers(workers)
+    return load_cifar10(data_dir, train=train)
+
+
+def probe_images(data_dir: str | Path | None, size: int = 32) -> ImageSet | FolderSplit:
+    """The images a search draws its minibatch from: the training images in `data_dir` (CIFAR-10 or an image
+    folder, decoded at the network's input `size`), or the embedded CIFAR-10 sample."""
+    return load_embedded_sample() if data_dir is None else load_split(data_dir, True, size)
 
 
 def normalize(images: Tensor) -> Tensor:
@@ -234,11 +278,16 @@ def augment(images: Tensor, generator: torch.Generator | None = None, pad: int =
     cropped = padded[batch, channel, rows, cols]
     flip = (torch.rand(n, generator=generator) < 0.5).to(device)
     out = normalize(torch.where(flip[:, None, None, None], cropped.flip(3), cropped))
-    if cutout:
-        cy, cx = _rand(n, h, generator, device), _rand(n, w, generator, device)
-        ys, xs = torch.arange(h, device=device), torch.arange(w, device=device)
-        hole_y = (ys[None, :] >= (cy[:, None] - cutout // 2)) & (ys[None, :] < (cy[:, None] + cutout // 2))
-        hole_x = (xs[None, :] >= (cx[:, None] - cutout // 2)) & (xs[None, :] < (cx[:, None] + cutout // 2))
-        hole = hole_y[:, None, :, None] & hole_x[:, None, None, :]
-        out = out.masked_fill(hole, 0.0)
-    return out
+    return cutout_holes(out, generator, cutout) if cutout else out
+
+
+def cutout_holes(images: Tensor, generator: torch.Generator | None, size: int) -> Tensor:
+    """Cutout: one `size` x `size` hole of zeros per normalised image, centred uniformly (clipped at the edges)."""
+    n, _, h, w = images.shape
+    device = images.device
+    cy, cx = _rand(n, h, generator, device), _rand(n, w, generator, device)
+    ys, xs = torch.arange(h, device=device), torch.arange(w, device=device)
+    hole_y = (ys[None, :] >= (cy[:, None] - size // 2)) & (ys[None, :] < (cy[:, None] + size // 2))
+    hole_x = (xs[None, :] >= (cx[:, None] - size // 2)) & (xs[None, :] < (cx[:, None] + size // 2))
+    hole = hole_y[:, None, :, None] & hole_x[:, None, None, :]
+    return images.masked_fill(hole, 0.0)

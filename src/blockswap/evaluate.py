@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import load_network
-from .data import ImageSet, load_cifar10, normalize
+from .data import ImageSet, load_split
+from .folders import FolderSplit, check_classes, default_loader_workers
 from .precision import autocast, resolve_precision
 from .pruning import nonzero_params
 
@@ -50,7 +51,7 @@ class EvalReport:
 @torch.no_grad()
 def error_sums(
     model: nn.Module,
-    data: ImageSet,
+    data: ImageSet | FolderSplit,
     batch_size: int = 500,
     precision: str = "fp32",
     channels_last: bool = False,
@@ -61,14 +62,12 @@ def error_sums(
     """
     was_training = model.training
     model.eval()
-    device = data.images.device
+    device = data.device
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     try:
-        for start in range(0, len(data), batch_size):
-            x = normalize(data.images[start : start + batch_size])
+        for x, y in data.eval_batches(batch_size):
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            y = data.labels[start : start + batch_size]
             with autocast(device, precision):
                 logits = model(x)
             logits = logits.float()
@@ -109,12 +108,19 @@ def evaluate_checkpoint(
     batch_size: int = 500,
     test_subset: int | None = None,
     repeats: int = 20,
+    loader_workers: int | None = None,
 ) -> EvalReport:
-    """Test error, non-zero parameters, MACs and latency of the network stored in `path`."""
+    """Test error, non-zero parameters, MACs and latency of the network stored in `path`.
+
+    The test images are CIFAR-10's test set, or the `val/` split of an image
+    folder (decoded by `loader_workers` processes, default `default_loader_workers()`).
+    """
     precision = resolve_precision(precision, device)
     model, genotype, _ = load_network(path, map_location="cpu")
     model = model.to(device, memory_format=torch.channels_last).eval()
-    test = load_cifar10(data_dir, train=False)
+    workers = default_loader_workers() if loader_workers is None else loader_workers
+    test = load_split(data_dir, False, genotype.backbone.input_size, workers)
+    check_classes(genotype.backbone, test, data_dir)
     if test_subset is not None:
         test = test.subset(test_subset)
     loss, errors, n = error_sums(model, test.to(device), batch_size, precision, channels_last=True).tolist()

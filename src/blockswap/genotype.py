@@ -7,7 +7,9 @@ is not a registered name (or differs from it) is embedded in full as
 earlier versions (`{"family": "wrn", "depth": 40, "width": 2, ...}`) still
 read. The published pytorch-blockswap CSV format (columns `,index,convs,fisher`,
 with `convs` a Python-literal list of names) is read too, as WRN-40-2 /
-CIFAR-10 unless another backbone is given. Names resolve through the block-type
+CIFAR-10 unless another backbone is given; a list of the wrong length is refused
+with the registered models that have that many blocks (e.g. resnet34 for the
+published 16-block ImageNet genotypes). Names resolve through the block-type
 registry, so a user's registered type is handled exactly as a published one.
 """
 
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .backbones import Backbone, get_backbone
+from .backbones import Backbone, get_backbone, models_with_blocks
 from .blocks import block_type
 from .counts import whole_number
 from .errors import BlockSwapError
@@ -51,9 +53,7 @@ class Genotype:
         """Check length, names and buildability; raise GenotypeError naming the problem."""
         shapes = self.backbone.block_shapes()
         if len(self.blocks) != len(shapes):
-            raise GenotypeError(
-                f"{self.backbone.name} has {len(shapes)} blocks but the genotype lists {len(self.blocks)}"
-            )
+            raise GenotypeError(_count_mismatch(self.backbone, len(self.blocks)))
         for i, (name, shape) in enumerate(zip(self.blocks, shapes)):
             try:
                 kind = block_type(name)
@@ -130,6 +130,26 @@ class Genotype:
         return f"{self.backbone.name}[{' '.join(self.blocks)}]"
 
 
+_MAX_SUGGESTIONS = 3
+
+
+def _count_mismatch(backbone: Backbone, listed: int, option: str | None = None) -> str:
+    """Why `listed` block names do not fit `backbone`, naming the registered models they would fit.
+
+    With `option` (e.g. `--model`), the message also says how to pick one of them.
+    """
+    head = f"{backbone.name} has {backbone.num_blocks} blocks but the genotype lists {listed}"
+    matches = models_with_blocks(listed, like=backbone)[:_MAX_SUGGESTIONS]
+    if not matches:
+        return f"{head}; no registered model has {listed} blocks"
+    shown = [f"{name} (any {' and '.join(free)})" if free else name for name, free in matches]
+    names = ", ".join(shown[:-1]) + " and " + shown[-1] if len(shown) > 1 else shown[0]
+    text = f"{head}: {names} {'have' if len(shown) > 1 else 'has'} {listed} blocks"
+    if option:
+        text += f" (pass {' or '.join(f'{option} {name}' for name, _ in matches)})"
+    return text
+
+
 def _backbone_of(data: dict[str, Any]) -> Backbone:
     """The backbone a genotype dict names: an embedded spec, a registered model, or an earlier version's family."""
     num_classes = data.get("num_classes")
@@ -169,14 +189,18 @@ def _read_csv(path: Path, row: int) -> Sequence[str]:
 def load_genotype(path: str | Path, backbone: Backbone | None = None, row: int = 0) -> Genotype:
     """Read a genotype from JSON or the published CSV format (WRN-40-2 unless `backbone` is given).
 
-    For a CSV with several rows, `row` picks one (default the first data row).
+    For a CSV with several rows, `row` picks one (default the first data row). A CSV list whose length does
+    not fit the backbone is refused naming the models it fits (the published ImageNet lists need resnet34).
     """
     path = Path(path)
     if not path.is_file():
         raise GenotypeError(f"genotype file not found: {path}")
     if path.suffix.lower() == ".csv":
         blocks = _read_csv(path, row)
-        return Genotype(backbone or get_backbone("wrn-40-2"), tuple(blocks)).validate()
+        backbone = backbone or get_backbone("wrn-40-2")
+        if len(blocks) != backbone.num_blocks:
+            raise GenotypeError(f"{path}: {_count_mismatch(backbone, len(blocks), option='--model')}")
+        return Genotype(backbone, tuple(blocks)).validate()
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

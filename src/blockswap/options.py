@@ -71,18 +71,21 @@ def argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,
-                skip: Iterable[str] = ()) -> None:
-    """An option per CLI field of dataclass `cls` (recursing into nested config dataclasses), except `skip`."""
-    skipped = set(skip)
+                skip: Iterable[str] = (), defaults: dict[str, Any] | None = None) -> None:
+    """An option per CLI field of dataclass `cls` (recursing into nested config dataclasses), except `skip`.
+
+    `defaults` replaces the fields' own defaults by name (a recipe's settings).
+    """
+    skipped, overrides = set(skip), defaults or {}
     for f, hint in _fields(cls):
         meta = f.metadata
         if f.name in skipped or not meta.get("cli", False):
             continue
         kind = _base_type(hint)
         if dataclasses.is_dataclass(kind):
-            add_options(parser, kind, skipped)
+            add_options(parser, kind, skipped, overrides)
             continue
-        default = field_default(f)
+        default = overrides.get(f.name, field_default(f))
         flag = "--" + f.name.replace("_", "-")
         text = meta["help"]
         if kind is bool:

@@ -33,26 +33,28 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .backbones import Backbone, get_backbone
+from .backbones import Backbone
 from .blocks import DEFAULT_PALETTE, Palette, block_type
 from .candidates import CSV_FIELDS, Candidate, read_candidates, write_candidates
 from .counts import parse_budget
 from .data import probe_images
 from .distributed import on_rank0, rank0_first
 from .errors import BlockSwapError
+from .folders import check_classes
 from .genotype import Genotype
 from .options import comma_separated, from_record, option, recorded_form
 from .outdir import check_recorded, record, write_json_atomic
-from .sampling import DEFAULT_TOLERANCE, sample_genotypes
 from .proxies import PROXIES  # noqa: F401  (registers the proxies, so a search can name them)
+from .resnet_import import model_backbone
+from .sampling import DEFAULT_TOLERANCE, sample_genotypes
 from .scoring import make_scorer, scorer_names
 from .workers import Job, Scoring
 
 __all__ = ["SearchConfig", "SearchResult", "run_search", "screen_key"]
 
 
-DEFAULT_SCREEN_BATCH = 32  # images: Spearman 0.993 against the full 128 on 40 WRN-40-2 candidates (issue 12)
-DEFAULT_RESCORE_FRACTION = 0.1  # see benchmarks/README.md: the worst rank of the full pick in the screen order
+DEFAULT_SCREEN_BATCH = 16  # images; see benchmarks/README.md: the full pick ranked 1st of 200 at 200K, 400K, 800K
+DEFAULT_RESCORE_FRACTION = 0.05  # see benchmarks/README.md: the worst rank of the full pick in the screen order
 
 
 @dataclass
@@ -60,15 +62,19 @@ class SearchConfig:
     """Everything that determines a search's candidates and scores; saved as search.json."""
 
     budget: int = field(metadata=option("parameter budget, e.g. 400k, 1.6M, 400000", parse=parse_budget))
-    model: str = field(default="wrn-40-2", metadata=option("the teacher whose blocks are swapped (a registered "
-                                                           "backbone: wrn-D-K, resnet18, resnet34, or a plugin's)"))
+    model: str = field(default="wrn-40-2", metadata=option(
+        "the teacher whose blocks are swapped: a registered backbone (wrn-D-K, resnet18, resnet34, or a plugin's) "
+        "or the user's BasicBlock ResNet weight file (.pt/.pth/.bin/.ckpt; layout read from its shapes)"))
+    num_classes: int | None = field(default=None, metadata=option(
+        "classes of the network's head; default: the model's own (10 for wrn-D-K, 1000 for resnet18/34)"))
     samples: int = field(default=1000, metadata=option("candidates to score; the paper's N"))
     batch_size: int = field(default=128, metadata=option("probe minibatch size (the training batch, as in the paper)"))
     tolerance: float = field(default=DEFAULT_TOLERANCE,
                              metadata=option("accept |params - budget| < tolerance * budget (the published window)"))
     seed: int = field(default=0, metadata=option("fixes the candidates, their initial weights and the probe batch"))
     data_dir: str | None = field(default=None, metadata=option(
-        "CIFAR-10 folder (downloaded there if missing); default: the embedded 1,000-image sample"))
+        "CIFAR-10 folder (downloaded there if missing) or an image folder (train/<class>/*, val/<class>/*), probed "
+        "at the network's input size; default: the embedded 1,000-image CIFAR-10 sample"))
     scorer: str = field(default="fast", metadata=option(
         "a registered scorer: fast (Fisher potential; also named fisher), reference (plain fp32 Fisher), or a proxy "
         "of the ranking study (blockswap.proxies; trained takes --scorer-setting proxy=NAME steps=K)",
@@ -90,6 +96,9 @@ class SearchConfig:
     def __post_init__(self) -> None:
         """Refuse settings a search cannot run with, naming the first bad one."""
         self.budget = parse_budget(self.budget)
+        if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(
+                self.num_classes, int) or self.num_classes < 1):
+            raise BlockSwapError(f"num_classes must be a positive whole number, got {self.num_classes!r}")
         for name in ("samples", "batch_size", "inits"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -111,10 +120,11 @@ class SearchConfig:
         if self.palette is not None:
             self.palette = list(self.palette)
             self.palette_types()
-        get_backbone(self.model)
+        self.backbone()
 
     def backbone(self) -> Backbone:
-        return get_backbone(self.model)
+        """The teacher's skeleton: the model `model` names, with `num_classes` classes where given."""
+        return model_backbone(self.model, self.num_classes)
 
     @property
     def screens(self) -> bool:
@@ -322,7 +332,10 @@ def run_search(
     out = Path(out_dir)
     rank, world = (dist.get_rank(group), dist.get_world_size(group)) if group is not None else (0, 1)
     # The probe batch first: a search that cannot start (no data, a batch larger than it) leaves no folder behind.
-    x, y = rank0_first(group, lambda: probe_images(config.data_dir)).probe_batch(config.batch_size, config.seed)
+    backbone = config.backbone()
+    images = rank0_first(group, lambda: probe_images(config.data_dir, backbone.input_size))
+    check_classes(backbone, images, config.data_dir or "the embedded CIFAR-10 sample")
+    x, y = images.probe_batch(config.batch_size, config.seed)
     done = on_rank0(group, lambda: _prepare_out_dir(out, config, genotypes))
     out.mkdir(parents=True, exist_ok=True)  # for ranks on machines that do not share rank 0's disk
     before = sum(c.score is not None for c in done.values())

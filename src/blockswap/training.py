@@ -1,14 +1,20 @@
-"""Training teachers and attention-transfer students on CIFAR-10 (SPEC section 5).
+"""Training teachers and attention-transfer students on CIFAR-10 or an image folder (SPEC section 5).
 
-The recipe is the paper's: SGD with momentum 0.9, weight decay 5e-4, lr 0.1,
-batch 128, 200 epochs, random crop + flip + Cutout, and either the published
-code's cosine annealing or the paper's lr / 5 at 30%, 60% and 80% of training.
+The default recipe is the paper's CIFAR-10 one: SGD with momentum 0.9, weight
+decay 5e-4, lr 0.1, batch 128, 200 epochs, random crop + flip + Cutout, and
+either the published code's cosine annealing or the paper's lr / 5 at 30%, 60%
+and 80% of training. `RECIPES["imagenet"]` (`TrainConfig.from_recipe`, the
+CLI's `--recipe imagenet`) is the paper's ImageNet one: 100 epochs, batch 256,
+weight decay 1e-4, lr / 10 every 30 epochs, beta 750, no Cutout. An image
+folder's images take the random resized crop + flip (`blockswap.folders`).
 A student with a teacher minimises CE + attention transfer at the stage outputs
 (`blockswap.distill`); without a teacher it minimises CE alone.
 
-The data pipeline follows airbench: the training set sits on the device as one
-uint8 tensor, a batch is a slice of a seeded permutation, and augmentation runs
-on the whole batch there. Each epoch's permutation and augmentation come from
+The CIFAR-10 data pipeline follows airbench: the training set sits on the
+device as one uint8 tensor, a batch is a slice of a seeded permutation, and
+augmentation runs on the whole batch there. An image folder's batches are the
+same slices, decoded by DataLoader workers with each image's crop seeded by
+(seed, epoch, index). Each epoch's permutation and augmentation come from
 generators seeded by (seed, epoch[, rank]), so a run resumed from the checkpoint
 written at the end of an epoch replays exactly the batches of an uninterrupted run.
 
@@ -38,11 +44,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .checkpoint import load_network, read_checkpoint, save_atomic
-from .data import ImageSet, augment, load_cifar10
+from .backbones import Backbone
+from .data import ImageSet, load_split
 from .distill import DistillConfig, LossParts, student_loss
 from .distributed import Distributed
 from .errors import BlockSwapError
 from .evaluate import error_sums
+from .folders import FolderSplit, check_classes, default_loader_workers
 from .genotype import Genotype
 from .networks import BlockNetwork
 from .options import from_record, option
@@ -52,6 +60,7 @@ from .pruning import PRUNE_METHODS, Pruner, magnitude_scores, nonzero_params, sn
 
 __all__ = [
     "SCHEDULES",
+    "RECIPES",
     "ONE_PROCESS",
     "TrainConfig",
     "TrainingError",
@@ -64,13 +73,21 @@ __all__ = [
     "train",
 ]
 
-SCHEDULES = ("cosine", "step")
+SCHEDULES = ("cosine", "step", "step-30")
 ONE_PROCESS = "one-process"  # train(group=ONE_PROCESS): this process alone, whatever torchrun started
 STEP_FRACTIONS = (0.3, 0.6, 0.8)  # the paper's epochs 60, 120, 160 of 200
 STEP_GAMMA = 0.2  # the paper divides the learning rate by 5
+STEP30_EVERY, STEP30_GAMMA = 30, 0.1  # ImageNet (SPEC section 5): lr / 10 every 30 epochs
 LOG_EVERY = 20  # steps between progress updates (and the NaN check, which needs a sync)
 EVAL_BATCH = 500
 _FLAT_DISTILL = ("beta", "kd_alpha", "kd_temperature")  # how earlier versions recorded the distillation settings
+
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "cifar": {},  # TrainConfig's own defaults: the paper's CIFAR-10 recipe
+    "imagenet": {"epochs": 100, "batch_size": 256, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
+                 "schedule": "step-30", "cutout": 0, "beta": 750.0},  # SPEC section 5
+}
 
 
 class TrainingError(BlockSwapError):
@@ -88,16 +105,18 @@ class TrainConfig:
     genotype: dict[str, Any] = field(metadata=option(
         "the network to train, as Genotype.to_dict(); the CLI resolves --model/--genotype/baselines", cli=False))
     data_dir: str = field(metadata=option(
-        "folder holding cifar-10-batches-py (downloaded there, MD5-checked, if missing)"))
-    epochs: int = field(default=200, metadata=option("training epochs, the paper's CIFAR-10 recipe"))
-    batch_size: int = field(default=128, metadata=option("global minibatch, split across processes; the paper's"))
+        "folder holding cifar-10-batches-py (downloaded there, MD5-checked, if missing), or an image folder "
+        "(train/<class>/*, val/<class>/*; val is the test set)"))
+    epochs: int = field(default=200, metadata=option("training epochs (the recipe's: 200 cifar, 100 imagenet)"))
+    batch_size: int = field(default=128, metadata=option(
+        "global minibatch, split across processes (the recipe's: 128 cifar, 256 imagenet)"))
     lr: float = field(default=0.1, metadata=option("initial learning rate, the paper's"))
     momentum: float = field(default=0.9, metadata=option("SGD momentum (plain, not Nesterov), the paper's"))
     weight_decay: float = field(default=5e-4, metadata=option(
-        "weight decay on every parameter, as in the published code"))
+        "weight decay on every parameter (the recipe's: 5e-4 cifar, as the published code; 1e-4 imagenet)"))
     schedule: str = field(default="cosine", metadata=option(
-        "cosine: the published code's annealing; step: the paper's lr/5 at 30%, 60%, 80% of the epochs",
-        choices=SCHEDULES))
+        "cosine: the published code's annealing; step: the paper's lr/5 at 30%, 60%, 80% of the epochs; "
+        "step-30: lr/10 every 30 epochs (the ImageNet recipe)", choices=SCHEDULES))
     teacher: str | None = field(default=None, metadata=option(
         "teacher weight file for distillation; None trains with cross-entropy alone", cli=False))
     teacher_genotype: dict[str, Any] | None = field(default=None, metadata=option(
@@ -118,7 +137,8 @@ class TrainConfig:
         "auto: bf16 autocast on CUDA and on CPUs with AVX512-BF16/AMX, else fp32", choices=PRECISIONS))
     channels_last: bool = field(default=True, metadata=option(
         "keep NCHW tensors (channels_last is faster for dense convs, slower for some grouped ones)"))
-    cutout: int = field(default=16, metadata=option("Cutout hole size, the published code's; 0 disables it"))
+    cutout: int = field(default=16, metadata=option(
+        "Cutout hole size, 0 disables it (the recipe's: 16 cifar, the published code's; 0 imagenet)"))
 
     def __post_init__(self) -> None:
         if isinstance(self.distill, dict):
@@ -136,8 +156,10 @@ class TrainConfig:
             raise BlockSwapError(f"lr must be positive, got {self.lr}")
         if not (0 <= self.momentum < math.inf and 0 <= self.weight_decay < math.inf):
             raise BlockSwapError("momentum and weight decay must be non-negative")
-        if isinstance(self.cutout, bool) or not isinstance(self.cutout, int) or not 0 <= self.cutout <= 32:
-            raise BlockSwapError(f"cutout must be a whole number of pixels in [0, 32], got {self.cutout!r}")
+        size = Genotype.from_dict(self.genotype).backbone.input_size
+        if isinstance(self.cutout, bool) or not isinstance(self.cutout, int) or not 0 <= self.cutout <= size:
+            raise BlockSwapError(f"cutout must be a whole number of pixels in [0, {size}] (the input size), "
+                                 f"got {self.cutout!r}")
         if self.schedule not in SCHEDULES:
             raise BlockSwapError(f"unknown schedule {self.schedule!r}; valid choices: {', '.join(SCHEDULES)}")
         if self.precision not in PRECISIONS:
@@ -156,6 +178,17 @@ class TrainConfig:
                 raise BlockSwapError(f"{name} must be a positive whole number, got {value!r}")
         Genotype.from_dict(self.genotype)
         return self
+
+    @classmethod
+    def from_recipe(cls, recipe: str, **settings: Any) -> TrainConfig:
+        """A config with `recipe`'s settings (see RECIPES) where `settings` give none; `settings` win."""
+        if recipe not in RECIPES:
+            raise BlockSwapError(f"unknown recipe {recipe!r}; valid choices: {', '.join(RECIPES)}")
+        chosen = dict(RECIPES[recipe])
+        beta = chosen.pop("beta", None)
+        if beta is not None and "distill" not in settings:
+            settings["distill"] = DistillConfig(beta=beta)
+        return cls(**{**chosen, **settings})
 
     def pruning(self) -> dict[str, Any] | None:
         """How the network was pruned, as recorded in weight files and final.json."""
@@ -231,9 +264,11 @@ def train_step(
 def make_scheduler(
     optimizer: torch.optim.Optimizer, schedule: str, epochs: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-epoch learning-rate schedule: cosine annealing to 0, or lr/5 at 30/60/80% of the epochs."""
+    """Per-epoch learning-rate schedule: cosine annealing to 0, lr/5 at 30/60/80% of the epochs, or lr/10 every 30."""
     if schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if schedule == "step-30":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=STEP30_EVERY, gamma=STEP30_GAMMA)
     milestones = [max(1, int(f * epochs)) for f in STEP_FRACTIONS]
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=STEP_GAMMA)
 
@@ -289,18 +324,24 @@ def _record(out: Path, config: TrainConfig, dist: Distributed) -> None:
         record(out, "config.json", config.record())
 
 
-def _load_data(config: TrainConfig, dist: Distributed) -> tuple[ImageSet, ImageSet]:
-    """This process's training set (all of it: batches are sliced per step) and its shard of the test set."""
-    train_set, test_set = dist.rank0_first(lambda: (load_cifar10(config.data_dir, train=True),
-                                                    load_cifar10(config.data_dir, train=False)))
+def _load_data(config: TrainConfig, backbone: Backbone, dist: Distributed,
+               workers: int) -> tuple[ImageSet | FolderSplit, ImageSet | FolderSplit]:
+    """This process's training set (all of it: batches are sliced per step) and its shard of the test set.
+
+    CIFAR-10 sits in memory on the device; an image folder's splits decode
+    their batches in `workers` processes at the network's input size.
+    """
+    size = backbone.input_size
+    train_set, test_set = dist.rank0_first(lambda: (load_split(config.data_dir, True, size, workers),
+                                                    load_split(config.data_dir, False, size, workers)))
+    check_classes(backbone, train_set, config.data_dir)
     if config.train_subset is not None:
         train_set = train_set.subset(config.train_subset)
     if config.test_subset is not None:
         test_set = test_set.subset(config.test_subset)
     if len(train_set) < config.batch_size:
         raise BlockSwapError(f"{len(train_set)} training images cannot fill one batch of {config.batch_size}")
-    shard = ImageSet(test_set.images[dist.rank :: dist.world], test_set.labels[dist.rank :: dist.world])
-    return train_set.to(dist.device), shard.to(dist.device)
+    return train_set.to(dist.device), test_set.shard(dist.rank, dist.world).to(dist.device)
 
 
 def _load_teacher(config: TrainConfig, student: Genotype, device: torch.device) -> tuple[BlockNetwork, Genotype] | None:
@@ -331,7 +372,7 @@ def _prune(
     net: BlockNetwork,
     genotype: Genotype,
     teacher: tuple[BlockNetwork, Genotype] | None,
-    train_set: ImageSet,
+    train_set: ImageSet | FolderSplit,
 ) -> Pruner:
     """Prune `net` to the budget: magnitude of the teacher's weights (L1), or SNIP on one seeded batch."""
     if config.prune == "l1":
@@ -359,8 +400,8 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     pruner: Pruner | None
-    train_set: ImageSet
-    test_shard: ImageSet
+    train_set: ImageSet | FolderSplit
+    test_shard: ImageSet | FolderSplit
     precision: str
     memory_format: torch.memory_format
     progress: bool
@@ -376,7 +417,7 @@ class _Run:
                 "test_error_pct": row["test_error_pct"], "pruning": self.config.pruning()}
 
 
-def _start(config: TrainConfig, out: Path, resume: bool, dist: Distributed, progress: bool) -> _Run:
+def _start(config: TrainConfig, out: Path, resume: bool, dist: Distributed, progress: bool, workers: int) -> _Run:
     """Set up the run: a fresh network (pruned if asked), or the state of the folder's checkpoint."""
     device = dist.device
     if config.batch_size % dist.world:
@@ -385,7 +426,7 @@ def _start(config: TrainConfig, out: Path, resume: bool, dist: Distributed, prog
     precision = resolve_precision(config.precision, device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     checkpoint = _check_out_dir(out, config, resume)
-    train_set, test_shard = _load_data(config, dist)
+    train_set, test_shard = _load_data(config, genotype.backbone, dist, workers)
     teacher = _load_teacher(config, genotype, device)
     net = _fresh_network(config, genotype).to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
@@ -421,8 +462,14 @@ def train(
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any], BlockNetwork], None] | None = None,
     group: torch_dist.ProcessGroup | str | None = None,
+    loader_workers: int | None = None,
 ) -> dict[str, Any]:
     """Train `config.genotype` into `out_dir` and return what final.json holds.
+
+    The data is CIFAR-10 or an image folder (`blockswap.folders`), whichever
+    `config.data_dir` holds; an image folder's images are decoded by
+    `loader_workers` processes (default `default_loader_workers()`), which
+    changes the speed, never the batches.
 
     With `resume`, an output folder holding this run continues from its last
     checkpoint. `on_epoch(row, network)` is called after each epoch's files are
@@ -447,7 +494,8 @@ def train(
             raise BlockSwapError(f"{config.teacher} has SHA-256 {actual}, not the {config.teacher_sha256} asked for")
         config = replace(config, teacher_sha256=actual)
     dist = Distributed.of(group, device)
-    run = _start(config, Path(out_dir), resume, dist, progress)
+    workers = default_loader_workers() if loader_workers is None else loader_workers
+    run = _start(config, Path(out_dir), resume, dist, progress, workers)
     if dist.is_main:  # exactly the checkpoint's epochs: drops a row written after the last checkpoint
         run.write_metrics()
     for epoch in range(len(run.history), config.epochs):
@@ -518,17 +566,17 @@ def _train_epoch(run: _Run, epoch: int) -> Tensor:
     device = dist.device
     global_batch, local_batch = config.batch_size, config.batch_size // dist.world
     steps = len(run.train_set) // global_batch  # the last partial batch is dropped (a new one each epoch)
-    order = epoch_order(len(run.train_set), config.seed, epoch).to(device)
+    order = epoch_order(len(run.train_set), config.seed, epoch)
     aug = _generator(config.seed, epoch, dist.rank)
+    firsts = [step * global_batch + dist.rank * local_batch for step in range(steps)]
+    batches = run.train_set.train_batches([order[f : f + local_batch] for f in firsts], aug, config.cutout,
+                                          (config.seed, epoch))
     sums = torch.zeros(6, dtype=torch.float64, device=device)
     bar = tqdm(total=steps * global_batch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="img", unit_scale=True,
                disable=not (run.progress and dist.is_main), dynamic_ncols=True, leave=False)
     with bar:
-        for step in range(steps):
-            first = step * global_batch + dist.rank * local_batch
-            idx = order[first : first + local_batch]
-            images = augment(run.train_set.images[idx], aug, cutout=config.cutout)
-            x, y = images.contiguous(memory_format=run.memory_format), run.train_set.labels[idx]
+        for step, (images, y) in enumerate(batches):
+            x = images.contiguous(memory_format=run.memory_format)
             parts, logits = train_step(run.model, run.teacher, run.optimizer, x, y, config.distill, run.precision)
             if run.pruner is not None:
                 run.pruner.apply(run.net)
