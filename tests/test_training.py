@@ -145,7 +145,7 @@ def test_missing_data_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_each_epoch_walks_a_new_permutation(cifar_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import blockswap.training as training
+    import blockswap.data as data
 
     batches: list[torch.Tensor] = []
 
@@ -153,7 +153,7 @@ def test_each_epoch_walks_a_new_permutation(cifar_root: Path, tmp_path: Path, mo
         batches.append(images.clone())  # the uint8 images a training step is about to see
         return augment(images, *args, **kwargs)
 
-    monkeypatch.setattr(training, "augment", spy)
+    monkeypatch.setattr(data, "augment", spy)  # what ImageSet.train_batches augments each batch with
     train(_config(cifar_root, epochs=3, precision="fp32"), tmp_path, progress=False)
     subset = load_cifar10(cifar_root, train=True).subset(128).images
     epochs = [torch.cat(batches[4 * e : 4 * e + 4]) for e in range(3)]  # 128 images, batch 32: 4 steps an epoch

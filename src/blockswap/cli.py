@@ -11,6 +11,7 @@ and exit code 2, never a traceback: `--debug` (or BLOCKSWAP_DEBUG=1) shows one.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import inspect
 import json
@@ -34,7 +35,7 @@ from .distributed import setup_distributed
 from .errors import BlockSwapError
 from .evaluate import evaluate_checkpoint
 from .genotype import Genotype, load_genotype
-from .options import add_options, argparse_type, comma_separated, values
+from .options import add_options, argparse_type, comma_separated, field_default, values
 from .precision import PRECISIONS
 from .pruning import PRUNE_METHODS
 from .resnet_import import is_weight_file, model_backbone
@@ -83,6 +84,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text}")
+    return value
+
+
 def _device(text: str | None) -> torch.device:
     if text is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -100,7 +108,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
                        description="Sample --samples genotypes within the budget window, score each with --scorer "
                        "(default: Fisher potential) on one seeded minibatch, write candidates.csv and best.json "
                        "to --out.")
-    add_options(p, SearchConfig)
+    add_options(p, SearchConfig, defaults=dict.fromkeys(_RESUMED_DEFAULTS))
     p.add_argument("--scorer-setting", dest="scorer_settings", type=_setting, action="append", default=[],
                    metavar="KEY=VALUE", help="a keyword setting of the scorer (repeatable), recorded in search.json")
     p.add_argument("--workers", type=_positive_int, default=None,
@@ -121,8 +129,20 @@ def _default_workers(device: torch.device) -> int:
     return 1 if device.type == "cuda" else max(1, torch.get_num_threads())
 
 
+_RESUMED_DEFAULTS = ("screen_batch", "rescore_fraction")  # a folder searched before their defaults changed resumes
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
-    config = SearchConfig(**values(args, SearchConfig), scorer_settings=dict(args.scorer_settings))
+    settings = values(args, SearchConfig)
+    try:
+        recorded = json.loads((args.out / "search.json").read_text())
+    except (OSError, ValueError):
+        recorded = {}
+    for name in _RESUMED_DEFAULTS:
+        if settings[name] is None:
+            fallback = field_default(next(f for f in dataclasses.fields(SearchConfig) if f.name == name))
+            settings[name] = recorded.get(name, fallback) if isinstance(recorded, dict) else fallback
+    config = SearchConfig(**settings, scorer_settings=dict(args.scorer_settings))
     cores = usable_cores()
     if args.workers is not None and args.workers > cores:
         raise BlockSwapError(f"--workers {args.workers} exceeds the {cores} CPU cores this process may use; each "
@@ -221,7 +241,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_loader_workers(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--loader-workers", type=int, default=None,
+    p.add_argument("--loader-workers", type=_non_negative_int, default=None,
                    help="processes decoding an image folder's images (0: in the main process; default: one per "
                    "core, at most 8); changes the speed, never the batches")
 
@@ -235,7 +255,7 @@ def _add_recipe(p: argparse.ArgumentParser, recipe: str) -> None:
 
 def _add_train(sub: argparse._SubParsersAction, recipe: str) -> None:
     p = sub.add_parser("train", help="train a teacher, or a student with attention transfer",
-                       description="Train on CIFAR-10 with the paper's recipe; writes config.json, metrics.jsonl, "
+                       description="Train on CIFAR-10 or an image folder with the paper's recipe (--recipe); writes config.json, metrics.jsonl, "
                        "checkpoint.pt, best.pt, last.pt and final.json to --out. Works under torchrun.")
     kinds = p.add_subparsers(dest="kind", required=True)
     t = kinds.add_parser("teacher", help="train a network with cross-entropy",
@@ -268,7 +288,7 @@ def _add_train(sub: argparse._SubParsersAction, recipe: str) -> None:
                        "ResNet's weights (torchvision/timm layout, read from its shapes)")
     teach.add_argument("--no-teacher", action="store_true", help="cross-entropy only: what distillation adds")
     s.add_argument("--teacher-model", help="the teacher's architecture (model name or genotype file); "
-                   "checked against the checkpoint, needed only for a bare state dict")
+                   "checked against the checkpoint, needed only for a bare state dict that is not a BasicBlock ResNet")
     _add_num_classes(s)
     _add_recipe(s, recipe)
     add_options(s, TrainConfig, defaults=RECIPES[recipe])
@@ -279,7 +299,7 @@ def _add_train(sub: argparse._SubParsersAction, recipe: str) -> None:
 def _teacher_genotype(args: argparse.Namespace) -> Genotype | None:
     """The teacher's genotype from --teacher-model, else as the --teacher file records it or its weights show."""
     if args.teacher_model:
-        return _resolve_genotype(args.teacher_model, None, 0)
+        return _resolve_genotype(args.teacher_model, None, 0, args.num_classes)
     if args.teacher is None:
         return None
     return load_network(args.teacher)[1]
@@ -327,7 +347,7 @@ _EVAL_DEFAULTS = {name: p.default for name, p in inspect.signature(evaluate_chec
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="test error, params, MACs and latency of a trained network, as JSON",
                        description="Evaluate a weight file written by `blockswap train` (best.pt, last.pt or "
-                       "checkpoint.pt) on the CIFAR-10 test set and time it on the current device.")
+                       "checkpoint.pt) on the CIFAR-10 test set or an image folder's val/ split and time it on the current device.")
     p.add_argument("--checkpoint", required=True, help="weight file")
     p.add_argument("--data-dir", required=True,
                    help="folder holding cifar-10-batches-py (downloaded there, MD5-checked, if missing), or an image "
@@ -486,7 +506,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         rest = _load_plugins(argv)  # first: the parser's choices include what plugins register
-        args = build_parser(_recipe(rest)).parse_args(rest)
+        recipe = _recipe(rest)
+        args = build_parser(recipe).parse_args(rest)
+        if getattr(args, "recipe", recipe) != recipe:  # named by an abbreviation the pre-parse did not see
+            args = build_parser(args.recipe).parse_args(rest)
         return args.func(args)
     except KeyboardInterrupt as e:
         print("blockswap: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from .backbones import Backbone
 from .data import DataError, ImageSet, cutout_holes
@@ -92,8 +92,8 @@ def _scan(root: Path, split: str) -> tuple[list[str], list[str], list[int]]:
     paths: list[str] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
-        files = sorted(e.path for e in os.scandir(folder / name)
-                       if e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(e.path for e in os.scandir(folder / name) if e.is_file() and not e.name.startswith(".")
+                       and Path(e.name).suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise DataError(f"class folder {folder / name} holds no images "
                             f"({', '.join(sorted(IMAGE_SUFFIXES))}); remove it or add its images")
@@ -251,8 +251,12 @@ class FolderSplit:
         return replace(self, workers=workers)
 
     def subset(self, n: int) -> FolderSplit:
-        """The first n images in folder order (all of them if there are fewer)."""
-        return replace(self, paths=self.paths[:n], labels=self.labels[:n])
+        """n images evenly spaced through the folder order (all of them if there are fewer), so every class
+        keeps its share: the first n would be the first classes only."""
+        if n >= len(self):
+            return self
+        idx = torch.linspace(0, len(self) - 1, n).round().long().tolist()
+        return replace(self, paths=tuple(self.paths[i] for i in idx), labels=self.labels[idx])
 
     def shard(self, rank: int, world: int) -> FolderSplit:
         """Every world-th image from `rank` on (a process's share of the evaluation)."""
@@ -291,12 +295,11 @@ class FolderSplit:
     def _loader(self, dataset: _Decoded, batches: Iterable[list[int]]) -> Iterator[tuple[Tensor, Tensor]]:
         """Decode `batches` of indices with the split's workers; a worker's DataError comes back as one line."""
         loader = DataLoader(dataset, batch_sampler=list(batches), num_workers=self.workers,
-                            pin_memory=self.device.type == "cuda", worker_init_fn=_one_thread if self.workers else None,
-                            prefetch_factor=4 if self.workers else None)
+                            pin_memory=self.device.type == "cuda", worker_init_fn=_one_thread if self.workers else None)
         try:
             yield from loader
         except DataError as e:
-            if get_worker_info() is not None or "\n" not in str(e):
+            if "\n" not in str(e):
                 raise
             last = str(e).strip().splitlines()[-1]
             raise DataError(last.split("DataError: ", 1)[-1]) from None

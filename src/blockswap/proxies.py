@@ -301,7 +301,11 @@ class AccuracyScorer:
 
 @lru_cache(maxsize=2)
 def _training_images(data_dir: str | None) -> ImageSet:
-    return probe_images(data_dir)
+    images = probe_images(data_dir, 32)
+    if not isinstance(images, ImageSet):
+        raise BlockSwapError(f"the recipe's SGD steps of the trained proxies read CIFAR-10; {data_dir} is an image "
+                             "folder: use a proxy without steps there")
+    return images
 
 
 @dataclass(frozen=True)

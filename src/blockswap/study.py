@@ -94,7 +94,8 @@ class StudyConfig:
     """Everything that determines a ranking study's pool, scores and training runs; saved as config.json."""
 
     budget: int = field(metadata=option("parameter budget of the pool, e.g. 200k", parse=parse_budget))
-    data_dir: str = field(metadata=option("CIFAR-10 folder (downloaded there if missing): probe batch and training"))
+    data_dir: str = field(metadata=option(
+        "CIFAR-10 folder (downloaded there if missing) or an image folder: probe batch and training"))
     model: str = field(default="wrn-16-2", metadata=option("the teacher whose blocks are swapped"))
     candidates: int = field(default=30, metadata=option("students sampled (seeded) and trained"))
     proxies: list[str] = field(default_factory=lambda: list(DEFAULT_PROXIES), metadata=option(
@@ -358,7 +359,8 @@ def run_study(config: StudyConfig, out_dir: str | Path, workers: int = 1, device
     # The pool and the probe batch first: a study that cannot start (a budget no genotype reaches, no data) leaves
     # no config.json behind to refuse the corrected command.
     genotypes = config.genotypes()
-    batch = rank0_first(group, lambda: probe_images(config.data_dir)).probe_batch(config.batch_size, config.seed)
+    size = genotypes[0].backbone.input_size
+    batch = rank0_first(group, lambda: probe_images(config.data_dir, size)).probe_batch(config.batch_size, config.seed)
     on_rank0(group, lambda: _prepare_out_dir(out, config))
     mine = [i for i in range(len(genotypes)) if i % world == rank]
     todo = [_Job(config, i, genotypes[i], out, str(device)) for i in mine if not _done(config, out, i)]

@@ -129,8 +129,10 @@ class TrainConfig:
         "l1 (the teacher's trained weights) or snip (at initialisation): prune before training", cli=False))
     prune_budget: int | None = field(default=None, metadata=option(
         "non-zero parameters left by pruning", cli=False))
-    train_subset: int | None = field(default=None, metadata=option("train on the first N images only"))
-    test_subset: int | None = field(default=None, metadata=option("test on the first N images only"))
+    train_subset: int | None = field(default=None, metadata=option(
+        "train on N images only: CIFAR-10's first N, an image folder's N evenly spaced (every class keeps its share)"))
+    test_subset: int | None = field(default=None, metadata=option(
+        "test on N images only, chosen the same way"))
     seed: int = field(default=0, metadata=option(
         "fixes initial weights, batch order, augmentation and the SNIP batch"))
     precision: str = field(default="auto", metadata=option(
@@ -181,7 +183,8 @@ class TrainConfig:
 
     @classmethod
     def from_recipe(cls, recipe: str, **settings: Any) -> TrainConfig:
-        """A config with `recipe`'s settings (see RECIPES) where `settings` give none; `settings` win."""
+        """A config with `recipe`'s settings (see RECIPES) where `settings` give none; `settings` win (a `distill`
+        given whole replaces the recipe's beta too)."""
         if recipe not in RECIPES:
             raise BlockSwapError(f"unknown recipe {recipe!r}; valid choices: {', '.join(RECIPES)}")
         chosen = dict(RECIPES[recipe])
