@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -145,11 +145,16 @@ def random_resized_box(width: int, height: int, rng: np.random.Generator) -> tup
     return left, top, left + w, top + h
 
 
-def _open(path: str, box: tuple[float, float, float, float], size: int) -> Image.Image:
-    """The region `box` of the image at `path` resized to `size` x `size` RGB, decoded no larger than it needs."""
+Box = tuple[float, float, float, float]
+
+
+def _open(path: str, box_of: Callable[[int, int], Box], size: int) -> Image.Image:
+    """The region `box_of(width, height)` of the image at `path` resized to `size` x `size` RGB, read with one
+    open (the header gives the size the box needs) and decoded no larger than the box needs."""
     try:
         with Image.open(path) as img:
             width, height = img.size
+            box = box_of(width, height)
             crop_w, crop_h = box[2] - box[0], box[3] - box[1]
             scale = size / min(crop_w, crop_h)  # the crop must keep at least `size` pixels each way after DCT scaling
             if scale < 1:
@@ -162,15 +167,6 @@ def _open(path: str, box: tuple[float, float, float, float], size: int) -> Image
                         "stops rather than skipping an image, so every epoch sees the same images)") from None
 
 
-def _size_of(path: str) -> tuple[int, int]:
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot decode image {path} ({type(e).__name__}: {e}); remove or replace it (blockswap "
-                        "stops rather than skipping an image, so every epoch sees the same images)") from None
-
-
 def _as_tensor(img: Image.Image) -> Tensor:
     """RGB PIL image -> uint8 3 x H x W tensor."""
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
@@ -178,21 +174,24 @@ def _as_tensor(img: Image.Image) -> Tensor:
 
 def decode_train(path: str, size: int, rng: np.random.Generator) -> Tensor:
     """The training view of one image: a random resized crop to `size`, flipped with probability 1/2 (uint8 CHW)."""
-    box = random_resized_box(*_size_of(path), rng)
-    img = _open(path, box, size)
+    img = _open(path, lambda width, height: random_resized_box(width, height, rng), size)
     if rng.uniform() < 0.5:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return _as_tensor(img)
 
 
-def decode_eval(path: str, size: int) -> Tensor:
-    """The evaluation view: the shorter side resized to size * 256/224, then the centre size x size (uint8 CHW)."""
-    width, height = _size_of(path)
+def _centre_box(width: int, height: int, size: int) -> Box:
+    """The box of the original image that becomes the centre size x size after resizing the shorter side."""
     short = round(size * RESIZE_RATIO)
     rw, rh = (short, round(short * height / width)) if width <= height else (round(short * width / height), short)
     left, top = (rw - size) / 2, (rh - size) / 2
     sx, sy = width / rw, height / rh
-    return _as_tensor(_open(path, (left * sx, top * sy, (left + size) * sx, (top + size) * sy), size))
+    return left * sx, top * sy, (left + size) * sx, (top + size) * sy
+
+
+def decode_eval(path: str, size: int) -> Tensor:
+    """The evaluation view: the shorter side resized to size * 256/224, then the centre size x size (uint8 CHW)."""
+    return _as_tensor(_open(path, lambda width, height: _centre_box(width, height, size), size))
 
 
 class _Decoded(Dataset):
