@@ -11,7 +11,6 @@ and exit code 2, never a traceback: `--debug` (or BLOCKSWAP_DEBUG=1) shows one.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import inspect
 import json
@@ -35,7 +34,7 @@ from .distributed import setup_distributed
 from .errors import BlockSwapError
 from .evaluate import evaluate_checkpoint
 from .genotype import Genotype, load_genotype
-from .options import add_options, argparse_type, comma_separated, field_default, values
+from .options import add_options, argparse_type, comma_separated, values
 from .precision import PRECISIONS
 from .pruning import PRUNE_METHODS
 from .resnet_import import is_weight_file, model_backbone
@@ -108,7 +107,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
                        description="Sample --samples genotypes within the budget window, score each with --scorer "
                        "(default: Fisher potential) on one seeded minibatch, write candidates.csv and best.json "
                        "to --out.")
-    add_options(p, SearchConfig, defaults=dict.fromkeys(_RESUMED_DEFAULTS))
+    add_options(p, SearchConfig)
     p.add_argument("--scorer-setting", dest="scorer_settings", type=_setting, action="append", default=[],
                    metavar="KEY=VALUE", help="a keyword setting of the scorer (repeatable), recorded in search.json")
     p.add_argument("--workers", type=_positive_int, default=None,
@@ -129,20 +128,8 @@ def _default_workers(device: torch.device) -> int:
     return 1 if device.type == "cuda" else max(1, torch.get_num_threads())
 
 
-_RESUMED_DEFAULTS = ("screen_batch", "rescore_fraction")  # a folder searched before their defaults changed resumes
-
-
 def _cmd_search(args: argparse.Namespace) -> int:
-    settings = values(args, SearchConfig)
-    try:
-        recorded = json.loads((args.out / "search.json").read_text())
-    except (OSError, ValueError):
-        recorded = {}
-    for name in _RESUMED_DEFAULTS:
-        if settings[name] is None:
-            fallback = field_default(next(f for f in dataclasses.fields(SearchConfig) if f.name == name))
-            settings[name] = recorded.get(name, fallback) if isinstance(recorded, dict) else fallback
-    config = SearchConfig(**settings, scorer_settings=dict(args.scorer_settings))
+    config = SearchConfig(**values(args, SearchConfig), scorer_settings=dict(args.scorer_settings))
     cores = usable_cores()
     if args.workers is not None and args.workers > cores:
         raise BlockSwapError(f"--workers {args.workers} exceeds the {cores} CPU cores this process may use; each "

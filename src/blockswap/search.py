@@ -84,11 +84,9 @@ class SearchConfig:
     screen: bool = field(default=True, metadata=option(
         "score every candidate on the whole probe batch, as the paper does, instead of screening on a slice first"))
     screen_batch: int = field(default=DEFAULT_SCREEN_BATCH, metadata=option(
-        "screening slice: the first N images of the probe batch (no screening when not smaller than --batch-size); "
-        f"the CLI's default: {DEFAULT_SCREEN_BATCH}, or what the --out folder's search recorded"))
+        "screening slice: the first N images of the probe batch (no screening when not smaller than --batch-size)"))
     rescore_fraction: float = field(default=DEFAULT_RESCORE_FRACTION, metadata=option(
-        "fraction of the candidates, best screened first, re-scored on the whole probe batch; the CLI's default: "
-        f"{DEFAULT_RESCORE_FRACTION}, or what the --out folder's search recorded"))
+        "fraction of the candidates, best screened first, re-scored on the whole probe batch"))
     inits: int = field(default=1, metadata=option(
         "initialisations scored per candidate and averaged (mean of the log score for positive scorers)"))
     palette: list[str] | None = field(default=None, metadata=option(
