@@ -21,6 +21,12 @@ def no_network_download(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytes
     monkeypatch.setenv("BLOCKSWAP_CIFAR10_URL", missing.as_uri())
 
 
+@pytest.fixture(autouse=True)
+def private_latency_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Latency tables measured by tests go to a folder of this test run, never the user's cache."""
+    monkeypatch.setenv("BLOCKSWAP_CACHE", str(tmp_path_factory.getbasetemp() / "blockswap-cache"))
+
+
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     """One torch thread, as each search worker and torchrun rank has: rows are then bit-identical,

@@ -105,7 +105,7 @@ def test_torchrun_style_training_writes_one_run(cifar_root: Path, tmp_path: Path
     assert row["test_error_pct"] == final["test_error_pct"]
     # the test shards were scored with rank 0's BN statistics, i.e. by the network last.pt holds
     report = evaluate_checkpoint(tmp_path / "run" / "last.pt", cifar_root, torch.device("cpu"), "fp32",
-                                 test_subset=100, repeats=1)
+                                 test_subset=100, min_time=0.01)
     assert report.test_error_pct == final["test_error_pct"]
     assert report.test_loss == pytest.approx(final["test_loss"], rel=1e-5)
     a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD))

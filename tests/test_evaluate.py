@@ -18,12 +18,12 @@ from blockswap.evaluate import evaluate_checkpoint
 def test_eval_reproduces_the_training_run(cifar_root: Path, tiny_teacher: Path) -> None:
     final = json.loads((tiny_teacher / "final.json").read_text())
     report = evaluate_checkpoint(tiny_teacher / "last.pt", cifar_root, torch.device("cpu"), "fp32",
-                                 test_subset=200, repeats=2)  # the run tested on the first 200 images too
+                                 test_subset=200, latency_batch_sizes=(1, 4), min_time=0.01)  # the run tested on the first 200 images too
     assert report.test_images == 200
     assert report.test_error_pct == final["test_error_pct"]
     assert report.test_loss == pytest.approx(final["test_loss"], rel=1e-5)
     assert report.params == final["params"] == 77_850
-    assert report.latency_ms_batch1 > 0 and report.images_per_s_batch128 > 0
+    assert [row["batch_size"] for row in report.latency] == [1, 4] and all(r["ms"] > 0 for r in report.latency)
 
 
 def test_reported_macs_match_counted_flops(cifar_root: Path, tmp_path: Path) -> None:
@@ -33,7 +33,7 @@ def test_reported_macs_match_counted_flops(cifar_root: Path, tmp_path: Path) -> 
     save_atomic({"genotype": genotype.to_dict(), "state_dict": model.state_dict()}, tmp_path / "w.pt")
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.randn(1, 3, 32, 32))
-    report = evaluate_checkpoint(tmp_path / "w.pt", cifar_root, torch.device("cpu"), test_subset=50, repeats=1)
+    report = evaluate_checkpoint(tmp_path / "w.pt", cifar_root, torch.device("cpu"), test_subset=50, min_time=0.01)
     assert report.macs == counter.get_total_flops() // 2  # one multiply-accumulate = two FLOPs
     assert report.params == genotype.params() == sum(p.numel() for p in model.parameters())
     assert report.blocks == list(genotype.blocks)
@@ -41,10 +41,13 @@ def test_reported_macs_match_counted_flops(cifar_root: Path, tmp_path: Path) -> 
 
 def test_cli_eval_prints_json(cifar_root: Path, tiny_teacher: Path, capsys: pytest.CaptureFixture) -> None:
     code = main(["eval", "--checkpoint", str(tiny_teacher / "best.pt"), "--data-dir", str(cifar_root),
-                 "--test-subset", "100", "--repeats", "1"])
+                 "--test-subset", "100", "--min-time", "0.01", "--latency-batch-sizes", "1,2", "--latency-threads", "1,2"])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
-    assert set(report) >= {"test_error_pct", "params", "macs", "latency_ms_batch1", "images_per_s_batch128"}
+    assert set(report) >= {"test_error_pct", "params", "macs", "latency", "device_name"}
+    assert [(r["batch_size"], r["threads"]) for r in report["latency"]] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    for row in report["latency"]:
+        assert row["ms"] > 0 and row["images_per_s"] == pytest.approx(1000 * row["batch_size"] / row["ms"])
     assert report["model"] == "wrn-10-1" and report["test_images"] == 100
 
 

@@ -73,7 +73,7 @@ def test_user_block_type_and_scorer_through_every_command(tmp_path: Path, cifar_
     best = json.loads((tmp_path / "s" / "best.json").read_text())
     assert best["blocks"] == ["Conv3x1"] * 3 and best["scorer"] == "body-norm"  # the window admits only this one
     header = (tmp_path / "s" / "candidates.csv").read_text().splitlines()[0]
-    assert header == "index,genotype,params,macs,score,score_per_block,screen_score,screen_score_per_block"
+    assert header == "index,genotype,params,macs,score,score_per_block,screen_score,screen_score_per_block,latency_ms"
 
     refused = _blockswap(*search, "--scorer", "fast", "--out", "s", cwd=tmp_path)
     assert refused.returncode == 2
@@ -95,7 +95,7 @@ def test_user_block_type_and_scorer_through_every_command(tmp_path: Path, cifar_
     assert json.loads((tmp_path / "r" / "final.json").read_text())["test_error_pct"] == final["test_error_pct"]
 
     report = json.loads(_ok(_blockswap(*plugin, "eval", "--checkpoint", "r/last.pt", "--data-dir", str(cifar_root),
-                                       "--test-subset", "50", "--repeats", "1", "--precision", "fp32",
+                                       "--test-subset", "50", "--min-time", "0.01", "--precision", "fp32",
                                        cwd=tmp_path)))
     assert report["blocks"] == ["Conv3x1"] * 3 and report["test_error_pct"] == final["test_error_pct"]
 

@@ -10,7 +10,7 @@ from scipy import stats
 
 from blockswap.blocks import DEFAULT_PALETTE
 from blockswap.counts import BudgetError, parse_budget
-from blockswap.sampling import CostTable, sample_genotypes
+from blockswap.sampling import CostTable, sample_genotypes, uniform_genotypes
 from blockswap.backbones import Backbone
 
 WRN = Backbone.from_name("wrn-40-2")
@@ -108,3 +108,103 @@ def test_distribution_matches_plain_rejection_sampling() -> None:
     mean_plain = (table.fixed_params + table.params[np.arange(18), plain].sum(1)).mean()
     mean_ours = (table.fixed_params + table.params[np.arange(18), ours].sum(1)).mean()
     assert abs(mean_plain - mean_ours) < 1500
+
+
+def test_parameter_only_sampling_is_unchanged_by_the_other_budgets() -> None:
+    """Every search recorded so far (pick #669 at 400K included) depends on these exact draws."""
+    first = sample_genotypes(WRN, 400_000, 1, seed=0)[0]
+    assert first.blocks == ("DConvG4", "DConvA8", "A16B2", "DConvG16", "G2B4", "Conv", "DConvA2", "G2B4", "DConvA8",
+                            "G4B2", "G4B2", "G8B2", "A8B2", "ConvB4", "ConvB4", "DConvG16", "DConvA4", "DConvA16")
+
+
+@pytest.mark.parametrize("budget, macs", [(None, 30_000_000), (None, 150_000_000), (400_000, 60_000_000),
+                                          (800_000, 100_000_000)])
+def test_mac_budgets_alone_or_with_parameters_hold_every_window(budget: int | None, macs: int) -> None:
+    genotypes = sample_genotypes(WRN, budget, 500, seed=1, macs=macs)
+    assert len(set(genotypes)) > 490
+    m = np.array([g.macs() for g in genotypes])
+    assert np.all(np.abs(m - macs) < 0.025 * macs)
+    if budget is not None:
+        p = np.array([g.params() for g in genotypes])
+        assert np.all(np.abs(p - budget) < 0.025 * budget)
+    assert sample_genotypes(WRN, budget, 20, seed=1, macs=macs) == genotypes[:20]
+
+
+def test_unreachable_mac_budget_and_empty_intersection_name_the_range() -> None:
+    table = CostTable.build(WRN)
+    lo, hi = table.fixed_macs + int(table.macs.min(1).sum()), table.fixed_macs + int(table.macs.max(1).sum())
+    with pytest.raises(BudgetError, match=f"MAC budget.*{lo:,} MACs .all cheapest. to {hi:,} MACs"):
+        sample_genotypes(WRN, None, 10, macs=lo // 2)
+    with pytest.raises(BudgetError, match="inside every window at once"):
+        sample_genotypes(WRN, 200_000, 10, macs=300_000_000)  # each reachable, never both
+    with pytest.raises(BudgetError, match="at least one budget"):
+        sample_genotypes(WRN, None, 10)
+
+
+def test_joint_windows_match_plain_rejection_sampling() -> None:
+    """With two budgets the draw is still SPEC's: uniform types per slot, kept when both windows hold."""
+    budget, macs, tol, n = 600_000, 90_000_000, 0.05, 3000
+    table = CostTable.build(WRN)
+    rng = np.random.default_rng(0)
+    kept, slots = [], np.arange(18)
+    while sum(len(k) for k in kept) < n:
+        draw = rng.integers(0, table.params.shape[1], size=(200_000, 18))
+        p = table.fixed_params + table.params[slots, draw].sum(1)
+        m = table.fixed_macs + table.macs[slots, draw].sum(1)
+        kept.append(draw[(np.abs(p - budget) < tol * budget) & (np.abs(m - macs) < tol * macs)])
+    plain = np.concatenate(kept)[:n]
+    ours = np.array([[DEFAULT_PALETTE.names.index(b) for b in g.blocks]
+                     for g in sample_genotypes(WRN, budget, n, tolerance=tol, seed=0, macs=macs)])
+    k = len(DEFAULT_PALETTE)
+    p_values = [stats.chi2_contingency(np.stack([np.bincount(plain[:, s], minlength=k),
+                                                 np.bincount(ours[:, s], minlength=k)]) + 1).pvalue
+                for s in (0, 6, 12, 17)]
+    assert min(p_values) > 1e-3, p_values
+    for costs, fixed, spread in ((table.params, table.fixed_params, 1500), (table.macs, table.fixed_macs, 300_000)):
+        assert abs((fixed + costs[slots, plain].sum(1)).mean() - (fixed + costs[slots, ours].sum(1)).mean()) < spread
+
+
+class _Table:
+    """A latency table stand-in: milliseconds proportional to MACs plus a per-type constant."""
+
+    context = "at batch 1 on a test"
+    fixed_ms = 0.5
+
+    def __init__(self, table: CostTable) -> None:
+        self.ms = table.macs / 1e7 + np.arange(table.macs.shape[1]) * 0.01
+
+    def matrix(self, backbone: Backbone, names: tuple[str, ...]) -> np.ndarray:
+        assert tuple(names) == tuple(DEFAULT_PALETTE.names)
+        return self.ms
+
+
+def test_latency_budget_holds_alone_and_with_the_others() -> None:
+    table = CostTable.build(WRN)
+    lat = _Table(table)
+    slots = np.arange(18)
+    both = sample_genotypes(WRN, 400_000, 1, seed=2, macs=60_000_000)[0]
+    reachable = lat.fixed_ms + lat.ms[slots, [DEFAULT_PALETTE.names.index(b) for b in both.blocks]].sum()
+    for kwargs in ({"budget": None, "ms": 9.0}, {"budget": 400_000, "ms": 7.0},
+                   {"budget": 400_000, "ms": float(reachable), "macs": 60_000_000}):
+        genotypes = sample_genotypes(WRN, kwargs.pop("budget"), 300, seed=2, latency=lat, **kwargs)  # type: ignore
+        idx = np.array([[DEFAULT_PALETTE.names.index(b) for b in g.blocks] for g in genotypes])
+        ms = lat.fixed_ms + lat.ms[slots, idx].sum(1)
+        assert np.all(np.abs(ms - kwargs["ms"]) < 0.025 * kwargs["ms"])
+        if "macs" in kwargs:
+            assert all(abs(g.macs() - 60_000_000) < 0.025 * 60_000_000 for g in genotypes)
+    with pytest.raises(BudgetError, match=r"latency budget 0.1 ms .* at batch 1 on a test: .* \(all cheapest\)"):
+        sample_genotypes(WRN, None, 5, ms=0.1, latency=lat)
+    with pytest.raises(BudgetError, match="needs a latency table"):
+        sample_genotypes(WRN, None, 5, ms=4.0)
+
+
+def test_uniform_genotypes_draw_only_buildable_types() -> None:
+    wrn401 = Backbone.from_name("wrn-40-1")
+    shapes = wrn401.block_shapes()
+    genotypes = uniform_genotypes(wrn401, 200, seed=4)
+    assert genotypes == uniform_genotypes(wrn401, 200, seed=4) and len(set(genotypes)) == 200
+    for g in genotypes:
+        for name, s in zip(g.blocks, shapes):
+            assert DEFAULT_PALETTE[name].is_valid(s.c_in, s.c_out, s.stride)
+    counts = np.bincount([DEFAULT_PALETTE.names.index(g.blocks[-1]) for g in genotypes], minlength=23)
+    assert (counts > 0).sum() > 15  # spread over the palette, not stuck on a few types

@@ -193,3 +193,58 @@ def test_a_nan_screened_candidate_that_was_rescored_resumes(tmp_path: Path) -> N
     result = run_search(config, tmp_path / "cut", progress=False)
     assert result.scored_now == 5  # candidate 0 kept its NaN screen and its score; the rest (NaN only) are redone
     assert (tmp_path / "cut" / "candidates.csv").read_bytes() == (tmp_path / "full" / "candidates.csv").read_bytes()
+
+
+def test_mac_budget_search_writes_only_candidates_inside_the_window(tmp_path: Path) -> None:
+    config = SearchConfig(budget=None, budget_macs=8_000_000, model="wrn-10-1", samples=6, batch_size=16, seed=3)
+    result = run_search(config, tmp_path, progress=False)
+    rows = _rows(tmp_path)
+    assert len(rows) == 6 and all(abs(int(r["macs"]) - 8_000_000) < 0.025 * 8_000_000 for r in rows)
+    assert all(r["latency_ms"] == "" for r in rows)
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["budget_macs"] == 8_000_000 and best["budget"] is None and best["index"] == result.best.index
+    assert not (tmp_path / "latency.json").exists()
+
+
+def test_latency_budget_search_draws_from_the_table_it_keeps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import blockswap.latency as latency
+    from blockswap.blocks import PALETTE_NAMES
+    from blockswap.genotype import Genotype
+
+    backbone = SearchConfig(budget=1, model="wrn-10-1").backbone()
+    table, _ = latency.latency_table(backbone, PALETTE_NAMES, torch.device("cpu"), min_time=0.002, progress=False)
+    target = table.predict(Genotype(backbone, ("G4B2", "DConv", "ConvB2")))
+    config = SearchConfig(budget=None, budget_ms=target, model="wrn-10-1", samples=6, batch_size=16, seed=3)
+    run_search(config, tmp_path / "s", progress=False)  # the cached table: nothing is timed
+    rows = _rows(tmp_path / "s")
+    assert len(rows) == 6
+    for r in rows:
+        g = Genotype(backbone, tuple(r["genotype"].split()))
+        assert float(r["latency_ms"]) == table.predict(g)
+        assert abs(float(r["latency_ms"]) - target) < 0.025 * target
+    assert latency.LatencyTable.load(tmp_path / "s" / "latency.json") == table
+    assert json.loads((tmp_path / "s" / "best.json").read_text())["latency_ms"] == table.predict(
+        run_search(config, tmp_path / "s", progress=False).best.genotype)
+
+    def no_timing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a resumed search must use the table in its folder, not measure one")
+
+    monkeypatch.setattr(latency, "measure_latency_table", no_timing)
+    monkeypatch.setenv(latency.CACHE_ENV, str(tmp_path / "empty-cache"))
+    (tmp_path / "s" / "candidates.csv").write_text((tmp_path / "s" / "candidates.csv").read_text().splitlines()[0]
+                                                   + "\n")
+    run_search(config, tmp_path / "s", progress=False)
+    assert [r["genotype"] for r in _rows(tmp_path / "s")] == [r["genotype"] for r in rows]
+    with pytest.raises(BlockSwapError, match="another model, batch size or thread count"):
+        run_search(SearchConfig(**{**config.__dict__, "latency_batch": 2}), tmp_path / "s", progress=False)
+
+
+def test_a_search_needs_a_budget() -> None:
+    with pytest.raises(BlockSwapError, match="at least one budget"):
+        SearchConfig(model="wrn-10-1")
+    with pytest.raises(BlockSwapError, match="MAC budget"):
+        SearchConfig(budget_macs="lots")
+    with pytest.raises(BlockSwapError, match="latency_threads"):
+        SearchConfig(budget=40_000, latency_threads=0)

@@ -25,6 +25,7 @@ from .distill import DistillConfig, attention_loss, attention_map, student_loss
 from .distributed import Distributed, setup_distributed
 from .errors import BlockSwapError
 from .evaluate import EvalReport, evaluate_checkpoint
+from .export import ExportReport, export_checkpoint, export_network
 from .folders import FolderSplit, open_image_folder
 from .genotype import Genotype, GenotypeError, load_genotype
 from .networks import BlockNetwork, Taps, build_network, fixed_costs
@@ -39,7 +40,8 @@ from .resnet_import import (
     model_backbone,
     normalize_state_dict,
 )
-from .sampling import CostTable, sample_genotypes
+from .latency import LatencyTable, check_latency_table, latency_table, measure_latency_table
+from .sampling import CostTable, sample_genotypes, uniform_genotypes
 from .scoring import FastFisherScorer, FisherScorer, Score, Scorer, make_scorer, register_scorer, scorer_names
 from .search import SearchConfig, SearchResult, run_search
 from .training import RECIPES, DivergedError, TrainConfig, TrainingError, train
@@ -112,6 +114,11 @@ __all__ = [
     "registered_block_types",
     "run_search",
     "sample_genotypes",
+    "uniform_genotypes",
+    "LatencyTable",
+    "latency_table",
+    "measure_latency_table",
+    "check_latency_table",
     "scaled",
     "scorer_names",
     "setup_distributed",
@@ -126,4 +133,7 @@ __all__ = [
     "models_with_blocks",
     "model_backbone",
     "genotype_of_weights",
+    "ExportReport",
+    "export_checkpoint",
+    "export_network",
 ]

@@ -2,7 +2,8 @@
 
 Columns: index, genotype (block names separated by spaces), params, macs,
 score and score_per_block (on the full probe batch), screen_score and
-screen_score_per_block (on the screening slice of it). A score not computed is
+screen_score_per_block (on the screening slice of it), and latency_ms (what
+the search's latency table predicts; empty without a latency budget). A score not computed is
 an empty field: a screened search leaves `score` empty for the candidates it
 did not re-score, an unscreened one leaves the screen columns empty. Floats
 are written with `repr`, so they read back bit for bit. Files of earlier
@@ -24,7 +25,7 @@ from .outdir import write_text_atomic
 __all__ = ["CSV_FIELDS", "Candidate", "read_candidates", "write_candidates"]
 
 CSV_FIELDS = ["index", "genotype", "params", "macs", "score", "score_per_block", "screen_score",
-              "screen_score_per_block"]
+              "screen_score_per_block", "latency_ms"]
 _EARLIER_NAMES = {"fisher": "score", "fisher_per_block": "score_per_block"}
 
 
@@ -48,12 +49,13 @@ class Candidate:
     score_per_block: tuple[float, ...] = field(default=())
     screen_score: float | None = None  # on the screening slice; None where the search did not screen
     screen_score_per_block: tuple[float, ...] = field(default=())
+    latency_ms: float | None = None  # predicted by the search's latency table; None without a latency budget
 
     def csv_line(self) -> str:
         """This candidate as one candidates.csv line (CSV_FIELDS order, no newline); floats round-trip exactly."""
         return ",".join([str(self.index), " ".join(self.genotype.blocks), str(self.params), str(self.macs),
                          _number(self.score), _numbers(self.score_per_block), _number(self.screen_score),
-                         _numbers(self.screen_score_per_block)])
+                         _numbers(self.screen_score_per_block), _number(self.latency_ms)])
 
 
 def _optional(text: str | None) -> float | None:
@@ -80,6 +82,7 @@ def read_candidates(path: str | Path, backbone: Backbone) -> list[Candidate]:
                     tuple(float(v) for v in row["score_per_block"].split()),
                     _optional(row.get("screen_score")),
                     tuple(float(v) for v in (row.get("screen_score_per_block") or "").split()),
+                    _optional(row.get("latency_ms")),
                 )
             )
         except (KeyError, ValueError, TypeError, AttributeError) as e:

@@ -33,11 +33,14 @@ from .counts import format_count, parse_budget
 from .distributed import setup_distributed
 from .errors import BlockSwapError
 from .evaluate import evaluate_checkpoint
+from .latency import DEFAULT_MIN_TIME, check_latency_table, latency_table
+from .export import FORMATS, export_checkpoint
 from .genotype import Genotype, load_genotype
 from .options import add_options, argparse_type, comma_separated, values
 from .precision import PRECISIONS
 from .pruning import PRUNE_METHODS
 from .resnet_import import is_weight_file, model_backbone
+from .sampling import uniform_genotypes
 from .search import SearchConfig, run_search
 from .study import StudyConfig, parse_sizes, run_study, study_samples
 from .training import RECIPES, TrainConfig, train
@@ -147,8 +150,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     screened = (f"screened {result.screened_now} new on {config.screen_batch} images, then "
                 if config.screens else "")
     print(f"{screened}scored {result.scored_now} new of {len(result.candidates)} candidates in {result.seconds:.1f} s "
-          f"({config.model}, budget {format_count(config.budget)})")
-    print(f"best: #{best.index}  params {best.params:,}  MACs {format_count(best.macs)}  "
+          f"({config.model}, budget {config.budgets()})")
+    latency = f"  {best.latency_ms:.3g} ms predicted" if best.latency_ms is not None else ""
+    print(f"best: #{best.index}  params {best.params:,}  MACs {format_count(best.macs)}{latency}  "
           f"{config.scorer} score {best.score:.6g}")
     print(f"      {' '.join(best.genotype.blocks)}")
     if result.non_finite:
@@ -345,15 +349,147 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help=f"(default: {_EVAL_DEFAULTS['precision']})")
     p.add_argument("--test-subset", type=_positive_int, default=_EVAL_DEFAULTS["test_subset"],
                    help="first N test images only")
-    p.add_argument("--repeats", type=_positive_int, default=_EVAL_DEFAULTS["repeats"],
-                   help=f"timed forward passes at batch 1 (default: {_EVAL_DEFAULTS['repeats']})")
+    p.add_argument("--latency-batch-sizes", type=argparse_type(_whole_numbers), metavar="N,N",
+                   default=_EVAL_DEFAULTS["latency_batch_sizes"],
+                   help="comma-separated batch sizes the latency is timed at (default: "
+                   f"{','.join(map(str, _EVAL_DEFAULTS['latency_batch_sizes']))})")
+    p.add_argument("--latency-threads", type=argparse_type(_whole_numbers), metavar="N,N", default=None,
+                   help="comma-separated CPU thread counts the latency is timed with (default: the threads torch "
+                   "uses here)")
+    _add_min_time(p)
     p.set_defaults(func=_cmd_eval)
+
+
+def _whole_numbers(text: str) -> list[int]:
+    """`1,8,32` -> [1, 8, 32]: positive whole numbers, comma-separated."""
+    try:
+        values = [int(v) for v in comma_separated(text)]
+    except ValueError:
+        raise BlockSwapError(f"expected comma-separated whole numbers, e.g. 1,8,32; got {text!r}") from None
+    if not values or min(values) < 1:
+        raise BlockSwapError(f"expected positive whole numbers, got {text!r}")
+    return values
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise BlockSwapError(f"expected seconds, e.g. 0.1; got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise BlockSwapError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _add_min_time(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--min-time", type=argparse_type(_positive_seconds), default=DEFAULT_MIN_TIME,
+                   help="seconds each timing runs for after its warm-up; longer is steadier "
+                   f"(default: {DEFAULT_MIN_TIME})")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     report = evaluate_checkpoint(args.checkpoint, args.data_dir, _device(args.device), args.precision,
-                                 test_subset=args.test_subset, repeats=args.repeats, loader_workers=args.loader_workers)
+                                 test_subset=args.test_subset, latency_batch_sizes=args.latency_batch_sizes,
+                                 latency_threads=args.latency_threads, min_time=args.min_time,
+                                 loader_workers=args.loader_workers)
     print(json.dumps(report.to_dict(), indent=2))
+    return 0
+
+
+_EXPORT_DEFAULTS = {name: p.default for name, p in inspect.signature(export_checkpoint).parameters.items()}
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a trained network as ONNX or TorchScript, checked against PyTorch",
+                       description="Export the network of a weight file (a student, a teacher, or a bare BasicBlock "
+                       "ResNet state dict) in eval mode on the CPU, run the written file (onnxruntime, or "
+                       "torch.jit.load) on a seeded batch of another size than the export saw, and compare its "
+                       "logits with PyTorch's. A difference above --tolerance exits with code 2 and keeps the file. "
+                       "ONNX needs the export extra: pip install 'blockswap[export]'.")
+    p.add_argument("--checkpoint", required=True, help="weight file")
+    p.add_argument("--format", required=True, choices=FORMATS, help="onnx (dynamic batch axis, input 'images', "
+                   "output 'logits') or torchscript (torch.jit.trace)")
+    p.add_argument("--out", required=True, type=Path, help="file to write (its folder is created if missing)")
+    p.add_argument("--batch-size", type=_positive_int, default=_EXPORT_DEFAULTS["batch_size"],
+                   help="images in the parity check; the export sees a batch of another size "
+                   f"(default: {_EXPORT_DEFAULTS['batch_size']})")
+    p.add_argument("--tolerance", type=float, default=_EXPORT_DEFAULTS["tolerance"],
+                   help="largest absolute difference of the logits allowed "
+                   f"(default: {_EXPORT_DEFAULTS['tolerance']})")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    report = export_checkpoint(args.checkpoint, args.format, args.out, batch_size=args.batch_size,
+                               tolerance=args.tolerance)
+    print(report.summary())
+    return 0
+
+
+def _add_latency(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("latency", help="measure (or show the cached) block latency table, and check it",
+                       description="Time every block type at every slot of --model on the current device (once per "
+                       "distinct slot shape; warm-up, median), cache the table per device, model, input size, batch "
+                       "and threads, print it, and time --check sampled students whole against the sum the table "
+                       "predicts. A search with --budget-ms uses the same table.")
+    p.add_argument("--model", default="wrn-40-2",
+                   help="a registered backbone or a BasicBlock ResNet weight file (default: wrn-40-2)")
+    _add_num_classes(p)
+    p.add_argument("--batch-size", type=_positive_int, default=1, help="batch size of every timing (default: 1)")
+    p.add_argument("--threads", type=_positive_int, default=1, help="CPU threads of every timing (default: 1)")
+    p.add_argument("--palette", type=comma_separated, default=None, metavar="NAMES",
+                   help="comma-separated block types (default: the 23 published types)")
+    p.add_argument("--check", type=_non_negative_int, default=5,
+                   help="students timed whole (for 5x --min-time each) against the table's prediction: the "
+                   "teacher, then students with uniformly drawn types (default: 5)")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the checked students (default: 0)")
+    _add_min_time(p)
+    p.add_argument("--refresh", action="store_true", help="measure again even when a cached table exists")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_latency)
+
+
+def _cmd_latency(args: argparse.Namespace) -> int:
+    backbone = model_backbone(args.model, args.num_classes)
+    palette = SearchConfig.named_palette(args.palette)
+    device = _device(args.device)
+    table, path = latency_table(backbone, palette.names, device, args.batch_size, args.threads, args.min_time,
+                                args.refresh, progress=not args.quiet)
+    students = [Genotype.uniform(backbone)] if "Conv" in palette else []
+    students += uniform_genotypes(backbone, args.check, args.seed, palette)
+    checks = check_latency_table(table, students[: args.check], device, 5 * args.min_time, progress=not args.quiet)
+    errors = [abs(c.error_pct) for c in checks]
+    summary = {"mean_abs_error_pct": sum(errors) / len(errors), "max_abs_error_pct": max(errors)} if checks else {}
+    if args.json:
+        print(json.dumps({"table_file": str(path), "context": table.context, **table.to_dict(),
+                          "checks": [c.to_dict() for c in checks], **summary}))
+        return 0
+    print(f"{backbone.name} {table.context}, input {backbone.input_size}x{backbone.input_size}")
+    print(f"table: {path}")
+    print(f"stem and head: {table.fixed_ms:.4f} ms")
+    shapes = backbone.block_shapes()
+    groups: list[list[int]] = []
+    for i, shape in enumerate(shapes):
+        if groups and shapes[groups[-1][0]] == shape:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    heads = [f"{g[0]}" if len(g) == 1 else f"{g[0]}-{g[-1]}" for g in groups]
+    width = max(4, *(len(n) for n in palette.names))
+    print(f"ms per block, by slot ({', '.join(f'{h}: {shapes[g[0]].c_in}->{shapes[g[0]].c_out}/{shapes[g[0]].stride}' for h, g in zip(heads, groups))})")
+    print(f"{'type':<{width}} " + " ".join(f"{h:>9}" for h in heads))
+    for name in palette.names:
+        cells = [table.ms[name][g[0]] for g in groups]
+        print(f"{name:<{width}} " + " ".join(f"{'-':>9}" if v is None else f"{v:9.4f}" for v in cells))
+    if checks:
+        print(f"whole networks timed against the table's sum ({len(checks)}):")
+        for c in checks:
+            label = "all Conv" if set(c.genotype.blocks) == {"Conv"} else " ".join(c.genotype.blocks)
+            print(f"  predicted {c.predicted_ms:8.3f} ms  measured {c.measured_ms:8.3f} ms  error "
+                  f"{c.error_pct:+6.1f}%  {label[:60]}")
+        print(f"mean |error| {summary['mean_abs_error_pct']:.1f}%, largest {summary['max_abs_error_pct']:.1f}%")
     return 0
 
 
@@ -439,6 +575,8 @@ def build_parser(recipe: str = "cifar") -> argparse.ArgumentParser:
     _add_info(sub)
     _add_train(sub, recipe)
     _add_eval(sub)
+    _add_latency(sub)
+    _add_export(sub)
     _add_study(sub)
     return parser
 

@@ -2,17 +2,18 @@
 
 The figures the paper reports for each student (test error, parameter count with
 pruned weights not counted, MACs for one 32x32 image), plus the inference
-latency a deployment cares about, timed on the current device: milliseconds
-per image at batch 1 and images per second at batch 128 (median of repeats,
-after warm-up, with the device synchronised around each timed call).
+latency a deployment cares about, timed on the current device at the batch
+sizes and CPU thread counts asked for: milliseconds per batch and images per
+second, each the median over blocks of repeated calls after a warm-up
+(`blockswap.latency.time_network`, as the latency tables are measured).
 """
 
 from __future__ import annotations
 
-import statistics
-import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,11 +21,13 @@ from torch import Tensor, nn
 
 from .checkpoint import load_network
 from .data import ImageSet, load_split
+from .errors import BlockSwapError
 from .folders import FolderSplit, check_classes, default_loader_workers
+from .latency import DEFAULT_MIN_TIME, device_name, time_network
 from .precision import autocast, resolve_precision
 from .pruning import nonzero_params
 
-__all__ = ["EvalReport", "error_sums", "time_forward", "evaluate_checkpoint"]
+__all__ = ["EvalReport", "error_sums", "latency_rows", "evaluate_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -39,9 +42,9 @@ class EvalReport:
     test_images: int
     params: int
     macs: int
-    latency_ms_batch1: float
-    images_per_s_batch128: float
+    latency: list[dict[str, float]]  # one row per (batch size, threads): batch_size, threads, ms, images_per_s
     device: str
+    device_name: str
     precision: str
 
     def to_dict(self) -> dict:
@@ -79,25 +82,32 @@ def error_sums(
     return sums
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _check_latency_settings(batch_sizes: Sequence[int], threads: Sequence[int], min_time: float) -> None:
+    """Refuse latency settings that cannot be timed, before any work is done."""
+    for what, values in (("batch size", batch_sizes), ("thread count", threads)):
+        if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+            raise BlockSwapError(f"latency {what}s must be positive whole numbers, got {list(values)!r}")
+    if not (isinstance(min_time, (int, float)) and min_time > 0):
+        raise BlockSwapError(f"the time each latency is measured for must be positive seconds, got {min_time!r}")
 
 
-@torch.no_grad()
-def time_forward(model: nn.Module, x: Tensor, precision: str = "fp32", warmup: int = 3, repeats: int = 20) -> float:
-    """Median seconds of one eval-mode forward pass on `x`."""
-    model.eval()
-    times = []
-    for i in range(warmup + repeats):
-        _synchronize(x.device)
-        start = time.perf_counter()
-        with autocast(x.device, precision):
-            model(x)
-        _synchronize(x.device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def latency_rows(model: nn.Module, device: torch.device, batch_sizes: Sequence[int], threads: Sequence[int],
+                 precision: str = "fp32", min_time: float = DEFAULT_MIN_TIME) -> list[dict[str, float]]:
+    """Median milliseconds per batch and images per second of `model` for every batch size and thread count."""
+    _check_latency_settings(batch_sizes, threads, min_time)
+
+    def under_precision(call: Callable[[], Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            with autocast(device, precision):
+                return call()
+        return run
+
+    rows = []
+    for n in batch_sizes:
+        for t in threads:
+            ms = time_network(model, n, device, t, min_time, wrap=under_precision)
+            rows.append({"batch_size": n, "threads": t, "ms": ms, "images_per_s": 1000.0 * n / ms})
+    return rows
 
 
 def evaluate_checkpoint(
@@ -107,15 +117,21 @@ def evaluate_checkpoint(
     precision: str = "auto",
     batch_size: int = 500,
     test_subset: int | None = None,
-    repeats: int = 20,
+    latency_batch_sizes: Sequence[int] = (1, 128),
+    latency_threads: Sequence[int] | None = None,
+    min_time: float = DEFAULT_MIN_TIME,
     loader_workers: int | None = None,
 ) -> EvalReport:
     """Test error, non-zero parameters, MACs and latency of the network stored in `path`.
 
     The test images are CIFAR-10's test set, or the `val/` split of an image
     folder (decoded by `loader_workers` processes, default `default_loader_workers()`).
+    Latency is timed at every batch size of `latency_batch_sizes` with every
+    thread count of `latency_threads` (default: the threads torch uses now).
     """
     precision = resolve_precision(precision, device)
+    threads = [torch.get_num_threads()] if latency_threads is None else list(latency_threads)
+    _check_latency_settings(latency_batch_sizes, threads, min_time)
     model, genotype, _ = load_network(path, map_location="cpu")
     model = model.to(device, memory_format=torch.channels_last).eval()
     workers = default_loader_workers() if loader_workers is None else loader_workers
@@ -124,9 +140,6 @@ def evaluate_checkpoint(
     if test_subset is not None:
         test = test.subset(test_subset)
     loss, errors, n = error_sums(model, test.to(device), batch_size, precision, channels_last=True).tolist()
-    size = genotype.backbone.input_size
-    one = torch.randn(1, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    batch = torch.randn(128, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     return EvalReport(
         checkpoint=str(path),
         model=genotype.backbone.name,
@@ -136,8 +149,8 @@ def evaluate_checkpoint(
         test_images=int(n),
         params=nonzero_params(model),
         macs=genotype.macs(),
-        latency_ms_batch1=1000.0 * time_forward(model, one, precision, repeats=repeats),
-        images_per_s_batch128=128 / time_forward(model, batch, precision, repeats=max(1, repeats // 4)),
+        latency=latency_rows(model, device, latency_batch_sizes, threads, precision, min_time),
         device=str(device),
+        device_name=device_name(device),
         precision=precision,
     )

@@ -36,12 +36,13 @@ from tqdm.auto import tqdm
 from .backbones import Backbone
 from .blocks import DEFAULT_PALETTE, Palette, block_type
 from .candidates import CSV_FIELDS, Candidate, read_candidates, write_candidates
-from .counts import parse_budget
+from .counts import format_count, parse_budget, parse_count
 from .data import probe_images
 from .distributed import on_rank0, rank0_first
 from .errors import BlockSwapError
 from .folders import check_classes
 from .genotype import Genotype
+from .latency import LatencyTable, latency_table, parse_ms
 from .options import comma_separated, from_record, option, recorded_form
 from .outdir import check_recorded, record, write_json_atomic
 from .proxies import PROXIES  # noqa: F401  (registers the proxies, so a search can name them)
@@ -50,18 +51,35 @@ from .sampling import DEFAULT_TOLERANCE, sample_genotypes
 from .scoring import make_scorer, scorer_names
 from .workers import Job, Scoring
 
-__all__ = ["SearchConfig", "SearchResult", "run_search", "screen_key"]
+__all__ = ["SearchConfig", "SearchResult", "run_search", "screen_key", "parse_mac_budget"]
 
 
+LATENCY_FILE = "latency.json"  # the latency table a search with a latency budget drew its candidates with
 DEFAULT_SCREEN_BATCH = 16  # images; see benchmarks/README.md: the full pick ranked 1st of 200 at 200K, 400K, 800K
 DEFAULT_RESCORE_FRACTION = 0.05  # see benchmarks/README.md: the worst rank of the full pick in the screen order
+
+
+def parse_mac_budget(text: str | int | float) -> int:
+    """A MAC budget: `parse_count` with "MAC budget" in its errors."""
+    return parse_count(text, "MAC budget")
 
 
 @dataclass
 class SearchConfig:
     """Everything that determines a search's candidates and scores; saved as search.json."""
 
-    budget: int = field(metadata=option("parameter budget, e.g. 400k, 1.6M, 400000", parse=parse_budget))
+    budget: int | None = field(default=None, metadata=option(
+        "parameter budget, e.g. 400k, 1.6M, 400000; give at least one of --budget, --budget-macs and --budget-ms "
+        "(every one given must hold)", parse=parse_budget))
+    budget_macs: int | None = field(default=None, metadata=option(
+        "MAC budget: multiply-accumulates for one image at the network's input size, e.g. 90M",
+        parse=parse_mac_budget))
+    budget_ms: float | None = field(default=None, metadata=option(
+        "latency budget in milliseconds per batch of --latency-batch on the search's --device, as a table of "
+        "block timings measured there predicts (blockswap latency; cached, copied to the output folder)",
+        parse=parse_ms))
+    latency_batch: int = field(default=1, metadata=option("batch size the latency budget is measured at"))
+    latency_threads: int = field(default=1, metadata=option("CPU threads the latency budget is measured with"))
     model: str = field(default="wrn-40-2", metadata=option(
         "the teacher whose blocks are swapped: a registered backbone (wrn-D-K, resnet18, resnet34, or a plugin's) "
         "or the user's BasicBlock ResNet weight file (.pt/.pth/.bin/.ckpt; layout read from its shapes)"))
@@ -70,7 +88,8 @@ class SearchConfig:
     samples: int = field(default=1000, metadata=option("candidates to score; the paper's N"))
     batch_size: int = field(default=128, metadata=option("probe minibatch size (the training batch, as in the paper)"))
     tolerance: float = field(default=DEFAULT_TOLERANCE,
-                             metadata=option("accept |params - budget| < tolerance * budget (the published window)"))
+                             metadata=option("accept |cost - budget| < tolerance * budget for each budget given (the "
+                                             "published window)"))
     seed: int = field(default=0, metadata=option("fixes the candidates, their initial weights and the probe batch"))
     data_dir: str | None = field(default=None, metadata=option(
         "CIFAR-10 folder (downloaded there if missing) or an image folder (train/<class>/*, val/<class>/*), probed "
@@ -95,11 +114,16 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         """Refuse settings a search cannot run with, naming the first bad one."""
-        self.budget = parse_budget(self.budget)
+        if self.budget is None and self.budget_macs is None and self.budget_ms is None:
+            raise BlockSwapError("give at least one budget: parameters (--budget), MACs (--budget-macs) or latency "
+                                 "in milliseconds (--budget-ms)")
+        self.budget = None if self.budget is None else parse_budget(self.budget)
+        self.budget_macs = None if self.budget_macs is None else parse_mac_budget(self.budget_macs)
+        self.budget_ms = None if self.budget_ms is None else parse_ms(self.budget_ms)
         if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(
                 self.num_classes, int) or self.num_classes < 1):
             raise BlockSwapError(f"num_classes must be a positive whole number, got {self.num_classes!r}")
-        for name in ("samples", "batch_size", "inits"):
+        for name in ("samples", "batch_size", "inits", "latency_batch", "latency_threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise BlockSwapError(f"{name} must be a positive whole number, got {value!r}")
@@ -122,6 +146,13 @@ class SearchConfig:
             self.palette_types()
         self.backbone()
 
+    def budgets(self) -> str:
+        """The budgets as a user reads them: "400.0K params, 90.00M MACs, 4 ms at batch 1"."""
+        parts = [f"{format_count(self.budget)} params"] if self.budget is not None else []
+        parts += [f"{format_count(self.budget_macs)} MACs"] if self.budget_macs is not None else []
+        parts += [f"{self.budget_ms:g} ms at batch {self.latency_batch}"] if self.budget_ms is not None else []
+        return ", ".join(parts)
+
     def backbone(self) -> Backbone:
         """The teacher's skeleton: the model `model` names, with `num_classes` classes where given."""
         return model_backbone(self.model, self.num_classes)
@@ -137,10 +168,15 @@ class SearchConfig:
 
     def palette_types(self) -> Palette:
         """The palette a slot draws from: the named registered types, or the 23 published ones."""
-        if self.palette is None:
+        return self.named_palette(self.palette)
+
+    @staticmethod
+    def named_palette(names: list[str] | None) -> Palette:
+        """The palette of these registered types (the 23 published ones for None); BlockSwapError naming a bad one."""
+        if names is None:
             return DEFAULT_PALETTE
         try:
-            return Palette(block_type(name) for name in self.palette)
+            return Palette(block_type(name) for name in names)
         except ValueError as e:
             raise BlockSwapError(f"palette: {e}") from None
 
@@ -176,7 +212,7 @@ def _normalized(saved: Any) -> dict[str, Any]:
     return recorded_form(SearchConfig, saved)
 
 
-def _trusted_rows(path: Path, genotypes: list[Genotype]) -> dict[int, Candidate]:
+def _trusted_rows(path: Path, genotypes: list[Genotype], latency_ms: list[float] | None) -> dict[int, Candidate]:
     """The rows of `path` this search can keep: each must be one of its candidates with its own counts.
 
     A row whose index, genotype, params or MACs do not match the candidate, or
@@ -190,10 +226,11 @@ def _trusted_rows(path: Path, genotypes: list[Genotype]) -> dict[int, Candidate]
                                  "use a fresh --out directory")
         g, blocks = c.genotype, c.genotype.backbone.num_blocks
         if ((c.params, c.macs) != (g.params(), g.macs())
+                or c.latency_ms != (None if latency_ms is None else latency_ms[c.index])
                 or (c.score is not None and len(c.score_per_block) not in (0, blocks))
                 or (c.screen_score is not None and len(c.screen_score_per_block) not in (0, blocks))):
-            raise BlockSwapError(f"{path}: row {c.index} has params, MACs or per-block scores that its genotype does "
-                                 "not give (edited by hand?); use a fresh --out directory")
+            raise BlockSwapError(f"{path}: row {c.index} has params, MACs, latency or per-block scores that its "
+                                 "genotype does not give (edited by hand?); use a fresh --out directory")
         before = rows.get(c.index)
         if before is not None and not (before.score is None and c.score is not None
                                        and _same(before.screen_score, c.screen_score)):
@@ -220,22 +257,28 @@ def _finite(c: Candidate) -> Candidate | None:
     return None if c.score is None and c.screen_score is None else c
 
 
-def _prepare_out_dir(out: Path, config: SearchConfig, genotypes: list[Genotype]) -> dict[int, Candidate]:
+def _prepare_out_dir(out: Path, config: SearchConfig, genotypes: list[Genotype],
+                     latency: LatencyTable | None) -> dict[int, Candidate]:
     """Create the output folder or check it belongs to this search; return rows already scored.
 
-    Rows left in per-rank part files by an interrupted sharded search are merged
-    into `candidates.csv`, so a rerun with any number of ranks or workers resumes.
+    The latency table (if any) is written before search.json, so a recorded
+    search always finds the table its candidates were drawn with. Rows left in
+    per-rank part files by an interrupted sharded search are merged into
+    `candidates.csv`, so a rerun with any number of ranks or workers resumes.
     """
     config_path, csv_path = out / "search.json", out / "candidates.csv"
     if not check_recorded(out, "search.json", asdict(config), _normalized, "search", "use a fresh --out directory"):
         if csv_path.exists():
             raise BlockSwapError(f"{csv_path} exists but {config_path} does not; use a fresh --out directory")
+        if latency is not None and not (out / LATENCY_FILE).exists():
+            latency.save(out / LATENCY_FILE)
         record(out, "search.json", asdict(config))
+    predicted = None if latency is None else [latency.predict(g) for g in genotypes]
     parts = sorted(out.glob("candidates.rank*.csv"))
     done: dict[int, Candidate] = {}
     for path in [csv_path, *parts]:
         if path.exists():
-            for index, row in _trusted_rows(path, genotypes).items():
+            for index, row in _trusted_rows(path, genotypes, predicted).items():
                 known = done.get(index)
                 if known is not None and not _same(known.screen_score, row.screen_score):
                     raise BlockSwapError(f"{path}: candidate {index} differs from its row in another file")
@@ -245,6 +288,22 @@ def _prepare_out_dir(out: Path, config: SearchConfig, genotypes: list[Genotype])
     for path in parts:
         path.unlink()
     return done
+
+
+def _latency_table(config: SearchConfig, out: Path, device: torch.device, progress: bool) -> LatencyTable | None:
+    """The table a latency budget is drawn with: the one the output folder holds, else the cached or measured one."""
+    if config.budget_ms is None:
+        return None
+    backbone, path = config.backbone(), out / LATENCY_FILE
+    if not path.is_file():
+        return latency_table(backbone, config.palette_types().names, device, config.latency_batch,
+                             config.latency_threads, progress=progress)[0]
+    table = LatencyTable.load(path)
+    if (table.backbone, table.batch_size, table.threads) != (backbone, config.latency_batch, config.latency_threads):
+        raise BlockSwapError(f"{path} was measured for another model, batch size or thread count than this search; "
+                             "use a fresh --out directory")
+    table.matrix(backbone, config.palette_types().names)
+    return table
 
 
 def _best_first(score: float | None, index: int) -> tuple[float, int]:
@@ -271,16 +330,18 @@ def _score_stage(
     bar: tqdm,
     screen: bool,
     on_scored: Callable[[Candidate], None] | None,
+    latency_ms: list[float] | None,
 ) -> list[Candidate]:
     """Score the jobs, completing each candidate's row with the new score; rows are streamed as they come."""
     new = []
     for i, score in scoring.score(jobs):
         g, known = genotypes[i], done.get(i)
+        ms = None if latency_ms is None else latency_ms[i]
         if screen:
-            cand = Candidate(i, g, g.params(), g.macs(), None, (), score.total, score.per_block)
+            cand = Candidate(i, g, g.params(), g.macs(), None, (), score.total, score.per_block, ms)
         else:
             screened = (known.screen_score, known.screen_score_per_block) if known is not None else (None, ())
-            cand = Candidate(i, g, g.params(), g.macs(), score.total, score.per_block, *screened)
+            cand = Candidate(i, g, g.params(), g.macs(), score.total, score.per_block, *screened, ms)
         stream.write(cand.csv_line() + "\n")
         stream.flush()
         new.append(cand)
@@ -327,16 +388,19 @@ def run_search(
     start = time.perf_counter()
     scorer = make_scorer(config.scorer, config.scorer_settings,
                          {"data_dir": config.data_dir, "seed": config.seed, "batch_size": config.batch_size})
-    genotypes = sample_genotypes(config.backbone(), config.budget, config.samples, config.tolerance, config.seed,
-                                 config.palette_types())
     out = Path(out_dir)
+    latency = on_rank0(group, lambda: _latency_table(config, out, torch.device(device), progress))
+    genotypes = sample_genotypes(config.backbone(), config.budget, config.samples, config.tolerance, config.seed,
+                                 config.palette_types(), macs=config.budget_macs, ms=config.budget_ms,
+                                 latency=latency)
+    predicted = None if latency is None else [latency.predict(g) for g in genotypes]
     rank, world = (dist.get_rank(group), dist.get_world_size(group)) if group is not None else (0, 1)
     # The probe batch first: a search that cannot start (no data, a batch larger than it) leaves no folder behind.
     backbone = config.backbone()
     images = rank0_first(group, lambda: probe_images(config.data_dir, backbone.input_size))
     check_classes(backbone, images, config.data_dir or "the embedded CIFAR-10 sample")
     x, y = images.probe_batch(config.batch_size, config.seed)
-    done = on_rank0(group, lambda: _prepare_out_dir(out, config, genotypes))
+    done = on_rank0(group, lambda: _prepare_out_dir(out, config, genotypes, latency))
     out.mkdir(parents=True, exist_ok=True)  # for ranks on machines that do not share rank 0's disk
     before = sum(c.score is not None for c in done.values())
     screened_before = sum(c.screen_score is not None for c in done.values())
@@ -354,7 +418,7 @@ def run_search(
                     if i not in done or done[i].screen_score is None]
             with tqdm(total=len(mine), initial=len(mine) - len(todo), desc="screening candidates", unit="cand",
                       disable=not progress, dynamic_ncols=True) as bar:
-                new = _score_stage(todo, scoring, genotypes, done, stream, bar, True, on_scored)
+                new = _score_stage(todo, scoring, genotypes, done, stream, bar, True, on_scored, predicted)
             done.update((c.index, c) for c in _gather(new, group))  # only candidates with no score were screened
             ranked = sorted(done.values(), key=screen_key)
             finalists = sorted(c.index for c in ranked[: config.rescored()])
@@ -363,7 +427,7 @@ def run_search(
         desc = "re-scoring the best screened" if config.screens else "scoring candidates"
         with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, unit="cand", disable=not progress,
                   dynamic_ncols=True) as bar:
-            new = _score_stage(todo, scoring, genotypes, done, stream, bar, False, on_scored)
+            new = _score_stage(todo, scoring, genotypes, done, stream, bar, False, on_scored, predicted)
     done.update((c.index, c) for c in _gather(new, group))
     ranked = sorted(done.values(), key=_rank_key)
     if ranked[0].score is None or not math.isfinite(ranked[0].score):
@@ -376,7 +440,8 @@ def run_search(
         best = ranked[0]
         write_json_atomic(out / "best.json", {
             **best.genotype.to_dict(), "index": best.index, "params": best.params, "macs": best.macs,
-            "score": best.score, "scorer": config.scorer, "budget": config.budget, "samples": config.samples,
+            "latency_ms": best.latency_ms, "score": best.score, "scorer": config.scorer, "budget": config.budget,
+            "budget_macs": config.budget_macs, "budget_ms": config.budget_ms, "samples": config.samples,
             "seed": config.seed})
     scored = [c for c in ranked if c.score is not None]
     return SearchResult(ranked, out, time.perf_counter() - start, len(scored) - before,
