@@ -107,3 +107,15 @@ def test_decode_benchmark_times_the_same_views_every_way() -> None:
     assert {"pillow_full_img_s", "pillow_draft_img_s", "draft_speedup"} <= set(out)
     assert out["draft_speedup"] == pytest.approx(out["pillow_draft_img_s"] / out["pillow_full_img_s"])
     assert out["images"] == 6 and out["source"] == "640x480 JPEG q90"
+
+
+def test_latency_prediction_reports_errors_against_its_own_timings() -> None:
+    report = _run("latency_prediction.py", "--model", "wrn-10-1", "--students", "1", "--repeats", "2",
+                  "--min-time", "0.002", "--json")
+    predicted, measured, errors = report["predicted_ms"], report["measured_ms"], report["error_pct"]
+    assert len(predicted) == 2 and len(measured) == len(errors) == 2  # teacher + 1 student, 2 repeats
+    for row_m, row_e in zip(measured, errors):
+        for p, m, e in zip(predicted, row_m, row_e):
+            assert m > 0 and abs(e - 100 * (p - m) / m) < 0.2  # rounded to 0.1 in the report
+    flat = [abs(e) for row in errors for e in row]
+    assert abs(report["mean_abs_error_pct"] - sum(flat) / len(flat)) < 0.2

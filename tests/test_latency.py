@@ -170,3 +170,15 @@ def test_cli_refuses_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["latency", "--min-time", "0"])
     assert "positive" in capsys.readouterr().err
+
+
+def test_search_with_an_unreachable_latency_budget_names_the_range(capsys: pytest.CaptureFixture[str],
+                                                                    tmp_path: Path) -> None:
+    assert main(["latency", "--model", "wrn-10-1", "--min-time", "0.002", "--check", "0", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["search", "--model", "wrn-10-1", "--budget-ms", "0.0001", "--samples", "3",
+                 "--out", str(tmp_path / "s"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "latency budget 0.0001 ms" in err and "outside the reachable range for wrn-10-1 at batch 1 on cpu" in err
+    assert "(all cheapest) to" in err and not (tmp_path / "s").exists()

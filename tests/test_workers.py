@@ -93,7 +93,7 @@ def test_sigterm_is_handled_like_ctrl_c_and_the_search_resumes(tmp_path: Path) -
     assert err.strip().splitlines() == ["blockswap: interrupted; rerun the same command to resume"]
     _assert_gone(family, "SIGTERM")
     lines = (out / "candidates.csv").read_text().splitlines()
-    assert lines[0].startswith("index,") and all(line.count(",") == 7 for line in lines)
+    assert lines[0].startswith("index,") and all(line.count(",") == 8 for line in lines)
     scored = len(lines) - 1
     config = bs.SearchConfig(budget=50_000, model="wrn-16-1", samples=60, screen=True)
     assert 0 < scored < 60

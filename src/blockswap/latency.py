@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.benchmark import Timer
 from tqdm.auto import tqdm
 
 from .backbones import Backbone
@@ -88,6 +87,8 @@ def device_name(device: torch.device) -> str:
 
 def time_call(fn: Callable[[], Any], threads: int, min_time: float = DEFAULT_MIN_TIME) -> float:
     """Median seconds of one call of `fn` on `threads` CPU threads (CUDA synchronised), after a warm-up."""
+    from torch.utils.benchmark import Timer  # here: it imports setuptools, which processes that never time skip
+
     measurement = Timer("fn()", globals={"fn": fn}, num_threads=threads).blocked_autorange(min_run_time=min_time)
     return float(measurement.median)
 
