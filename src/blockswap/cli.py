@@ -478,7 +478,8 @@ def _cmd_latency(args: argparse.Namespace) -> int:
             groups.append([i])
     heads = [f"{g[0]}" if len(g) == 1 else f"{g[0]}-{g[-1]}" for g in groups]
     width = max(4, *(len(n) for n in palette.names))
-    print(f"ms per block, by slot ({', '.join(f'{h}: {shapes[g[0]].c_in}->{shapes[g[0]].c_out}/{shapes[g[0]].stride}' for h, g in zip(heads, groups))})")
+    where = [f"{h}: {shapes[g[0]].c_in}->{shapes[g[0]].c_out}/{shapes[g[0]].stride}" for h, g in zip(heads, groups)]
+    print(f"ms per block, by slot (channels in->out/stride: {', '.join(where)})")
     print(f"{'type':<{width}} " + " ".join(f"{h:>9}" for h in heads))
     for name in palette.names:
         cells = [table.ms[name][g[0]] for g in groups]

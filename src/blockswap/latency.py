@@ -142,13 +142,13 @@ class LatencyTable:
         return f"at batch {self.batch_size} on {self.device} ({self.device_name}{threads})"
 
     def key(self) -> str:
-        """What makes two measurements interchangeable: device, torch, backbone (input size included), batch, threads."""
+        """What makes two measurements interchangeable: device, torch, backbone (input size too), batch, threads."""
         data = json.dumps([self.device, self.device_name, self.torch_version, self.backbone.to_dict(),
                            self.batch_size, self.threads], sort_keys=True)
         return hashlib.sha256(data.encode()).hexdigest()[:16]
 
     def matrix(self, backbone: Backbone, type_names: Iterable[str]) -> np.ndarray:
-        """(slots, types) milliseconds in `type_names` order, -1 where a type cannot be built; refuses another backbone."""
+        """(slots, types) ms in `type_names` order, -1 where a type cannot be built; refuses another backbone."""
         if backbone != self.backbone:
             raise BlockSwapError(f"the latency table is for {self.backbone.name} ({self.backbone.to_dict()}), "
                                  f"not {backbone.name}")
