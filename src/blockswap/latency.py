@@ -106,18 +106,36 @@ def _eval_call(module: nn.Module | Callable[[Tensor], Tensor], x: Tensor) -> Cal
     return call
 
 
+def _network_call(net: nn.Module, batch_size: int, device: torch.device) -> Callable[[], Any]:
+    """One eval-mode forward pass of `net` on `device` on a channels-last batch of its backbone's input shape."""
+    backbone: Backbone = net.backbone  # type: ignore[assignment]
+    net = net.to(device, memory_format=torch.channels_last).eval()
+    size = backbone.input_size
+    return _eval_call(net, _images((batch_size, backbone.in_channels, size, size), device))
+
+
+def _median_ms_of_rounds(calls: list[Callable[[], Any]], threads: int, min_time: float, bar: tqdm) -> list[float]:
+    """Milliseconds per call of each of `calls`: timed in ROUNDS rounds over all of them, the median of its rounds.
+
+    Rounds over every call share a slow spell of the machine among them instead of landing it on a few.
+    """
+    rounds: list[list[float]] = [[] for _ in calls]
+    for _ in range(ROUNDS):
+        for call, values in zip(calls, rounds):
+            values.append(1000.0 * time_call(call, threads, min_time / ROUNDS))
+            bar.update(1 / ROUNDS)
+    return [float(np.median(values)) for values in rounds]
+
+
 def time_network(net: nn.Module, batch_size: int, device: torch.device, threads: int,
-                 min_time: float = DEFAULT_MIN_TIME, input_size: int | None = None,
+                 min_time: float = DEFAULT_MIN_TIME,
                  wrap: Callable[[Callable[[], Any]], Callable[[], Any]] | None = None) -> float:
     """Median milliseconds of one eval-mode forward pass of `net` on a channels-last batch on `device`.
 
-    The input size and channels are the network's backbone's unless `input_size`
-    is given; `wrap` turns the call into another (e.g. under autocast).
+    The input's size and channels are the network's backbone's; `wrap` turns the call into another (e.g. under
+    autocast).
     """
-    backbone: Backbone = net.backbone  # type: ignore[assignment]
-    size = input_size or backbone.input_size
-    net = net.to(device, memory_format=torch.channels_last).eval()
-    call = _eval_call(net, _images((batch_size, backbone.in_channels, size, size), device))
+    call = _network_call(net, batch_size, device)
     return 1000.0 * time_call(wrap(call) if wrap else call, threads, min_time)
 
 
@@ -161,8 +179,9 @@ class LatencyTable:
 
     def predict(self, genotype: Genotype) -> float:
         """Predicted milliseconds of the whole network: the fixed part plus each slot's block."""
-        values = self.matrix(genotype.backbone, genotype.blocks)[np.arange(genotype.backbone.num_blocks),
-                                                                 np.arange(genotype.backbone.num_blocks)]
+        names = list(dict.fromkeys(genotype.blocks))
+        columns = [names.index(name) for name in genotype.blocks]
+        values = self.matrix(genotype.backbone, names)[np.arange(genotype.backbone.num_blocks), columns]
         if (values < 0).any():
             raise BlockSwapError(f"genotype {genotype} has a block type its slot cannot hold")
         return float(self.fixed_ms + values.sum())
@@ -250,17 +269,11 @@ def measure_latency_table(
         torch.manual_seed(0)
         fixed = known.fixed_ms if known is not None else _fixed_ms(backbone, device, batch_size, threads, min_time)
         bar.update(known is None)
-        calls = {}
+        calls = []
         for shape, name in jobs:
             block = _block(backbone, shapes.index(shape), name).to(device, memory_format=torch.channels_last)
-            calls[shape, name] = _eval_call(block, _images((batch_size, shape.c_in, shape.size_in, shape.size_in),
-                                                           device))
-        rounds: dict[tuple[Any, str], list[float]] = {job: [] for job in jobs}
-        for r in range(ROUNDS):  # rounds over every block, so a slow spell of the machine is shared among them
-            for job in jobs:
-                rounds[job].append(1000.0 * time_call(calls[job], threads, min_time / ROUNDS))
-                bar.update(1 / ROUNDS)
-        timings = {job: float(np.median(values)) for job, values in rounds.items()}
+            calls.append(_eval_call(block, _images((batch_size, shape.c_in, shape.size_in, shape.size_in), device)))
+        timings = dict(zip(jobs, _median_ms_of_rounds(calls, threads, min_time, bar)))
     ms = dict(known.ms) if known is not None else {}
     for name in todo:
         ms[name] = tuple(timings.get((s, name)) for s in shapes)
@@ -331,12 +344,8 @@ def check_latency_table(table: LatencyTable, genotypes: Iterable[Genotype], devi
     genotypes = list(genotypes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        nets = [g.build() for g in genotypes]
-    times: list[list[float]] = [[] for _ in nets]
-    with tqdm(total=len(nets), desc="timing whole networks", unit="net", disable=not progress,
+        calls = [_network_call(g.build(), table.batch_size, device) for g in genotypes]
+    with tqdm(total=len(calls), desc="timing whole networks", unit="net", disable=not progress,
               dynamic_ncols=True) as bar:
-        for _ in range(ROUNDS):  # in rounds over all networks, as the table's blocks are timed
-            for net, values in zip(nets, times):
-                values.append(time_network(net, table.batch_size, device, table.threads, min_time / ROUNDS))
-                bar.update(1 / ROUNDS)
-    return [LatencyCheck(g, table.predict(g), float(np.median(t))) for g, t in zip(genotypes, times)]
+        measured = _median_ms_of_rounds(calls, table.threads, min_time, bar)
+    return [LatencyCheck(g, table.predict(g), ms) for g, ms in zip(genotypes, measured)]

@@ -257,8 +257,8 @@ def _finite(c: Candidate) -> Candidate | None:
     return None if c.score is None and c.screen_score is None else c
 
 
-def _prepare_out_dir(out: Path, config: SearchConfig, genotypes: list[Genotype],
-                     latency: LatencyTable | None) -> dict[int, Candidate]:
+def _prepare_out_dir(out: Path, config: SearchConfig, genotypes: list[Genotype], latency: LatencyTable | None,
+                     predicted: list[float] | None) -> dict[int, Candidate]:
     """Create the output folder or check it belongs to this search; return rows already scored.
 
     The latency table (if any) is written before search.json, so a recorded
@@ -273,7 +273,6 @@ def _prepare_out_dir(out: Path, config: SearchConfig, genotypes: list[Genotype],
         if latency is not None and not (out / LATENCY_FILE).exists():
             latency.save(out / LATENCY_FILE)
         record(out, "search.json", asdict(config))
-    predicted = None if latency is None else [latency.predict(g) for g in genotypes]
     parts = sorted(out.glob("candidates.rank*.csv"))
     done: dict[int, Candidate] = {}
     for path in [csv_path, *parts]:
@@ -400,7 +399,7 @@ def run_search(
     images = rank0_first(group, lambda: probe_images(config.data_dir, backbone.input_size))
     check_classes(backbone, images, config.data_dir or "the embedded CIFAR-10 sample")
     x, y = images.probe_batch(config.batch_size, config.seed)
-    done = on_rank0(group, lambda: _prepare_out_dir(out, config, genotypes, latency))
+    done = on_rank0(group, lambda: _prepare_out_dir(out, config, genotypes, latency, predicted))
     out.mkdir(parents=True, exist_ok=True)  # for ranks on machines that do not share rank 0's disk
     before = sum(c.score is not None for c in done.values())
     screened_before = sum(c.screen_score is not None for c in done.values())
