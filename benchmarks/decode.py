@@ -10,7 +10,7 @@ each three ways on one thread, interleaved in rounds:
 | key | what runs |
 |---|---|
 | `pillow_full_img_s` | Pillow decodes the whole image, then crops and resizes |
-| `pillow_draft_img_s` | `blockswap.folders.decode_train`: libjpeg's DCT scaling (`Image.draft`) first |
+| `pillow_draft_img_s` | `blockswap.data.imagefolder.decode_train`: libjpeg's DCT scaling (`Image.draft`) first |
 | `simplejpeg_img_s` | simplejpeg decodes (scaled by its `min_height`/`min_width`), Pillow resizes; only if installed |
 
 Prints images per second per core and `draft_speedup` (draft / full).
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from blockswap.data import load_embedded_sample
-from blockswap.folders import _as_tensor, decode_train, random_resized_box
+from blockswap.data.cifar import load_embedded_sample
+from blockswap.data.imagefolder import _as_tensor, decode_train, random_resized_box
 
 SIZE = 224
 

@@ -4,7 +4,7 @@
 
 Measures the block latency table of the current device (no cache), then times
 the teacher and `--students` students with uniformly drawn types whole
-(`blockswap.latency.check_latency_table`), `--repeats` times. Prints JSON:
+(`blockswap.space.latency.check_latency_table`), `--repeats` times. Prints JSON:
 
 | key | what it is |
 |---|---|
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 import blockswap as bs
-from blockswap.latency import DEFAULT_MIN_TIME, check_latency_table, device_name, measure_latency_table
+from blockswap.space.latency import DEFAULT_MIN_TIME, check_latency_table, device_name, measure_latency_table
 
 
 def main() -> None:

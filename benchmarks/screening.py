@@ -25,8 +25,8 @@ import torch
 
 import blockswap as bs
 from blockswap.cli import _positive_int
-from blockswap.counts import format_count
-from blockswap.search import DEFAULT_RESCORE_FRACTION, DEFAULT_SCREEN_BATCH, screen_key
+from blockswap.util.counts import format_count
+from blockswap.search.run import DEFAULT_RESCORE_FRACTION, DEFAULT_SCREEN_BATCH, screen_key
 from search_speed import candidates_parser, default_data_dir
 
 

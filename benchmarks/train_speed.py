@@ -1,6 +1,6 @@
 """Training throughput of `blockswap train` against a plain fp32 per-image DataLoader reference.
 
-Both sides run the same optimiser step (`blockswap.training.train_step`) on the
+Both sides run the same optimiser step (`blockswap.train.training.train_step`) on the
 same networks, so the ratio measures the data pipeline, precision and memory
 layout. The fast side is what `blockswap train` does (airbench-style): the images
 sit on the device as one uint8 tensor, a batch is a slice of a permutation,
@@ -29,9 +29,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 import blockswap as bs
-from blockswap.data import CIFAR10_MEAN, CIFAR10_STD, augment
-from blockswap.precision import resolve_precision
-from blockswap.training import TapsModule, train_step
+from blockswap.data.cifar import CIFAR10_MEAN, CIFAR10_STD, augment
+from blockswap.util.precision import resolve_precision
+from blockswap.train.training import TapsModule, train_step
 
 
 class PerImageCifar(Dataset):

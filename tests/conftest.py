@@ -55,7 +55,7 @@ def cifar_root() -> Path:
 def tiny_teacher(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The output folder of a WRN-10-1 teacher trained for one epoch on 256 real CIFAR-10 images."""
     from blockswap import Backbone, Genotype
-    from blockswap.training import TrainConfig, train
+    from blockswap.train.training import TrainConfig, train
 
     out = tmp_path_factory.mktemp("teacher")
     config = TrainConfig(genotype=Genotype.uniform(Backbone.from_name("wrn-10-1")).to_dict(), data_dir=str(cifar_root),
@@ -73,7 +73,7 @@ def image_folder(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """A small image folder (train/<class>/*.jpg, val/<class>/*.jpg): 3 CIFAR-10 classes resized to 64x64 JPEGs."""
     from PIL import Image
 
-    from blockswap.data import load_cifar10
+    from blockswap.data.cifar import load_cifar10
 
     root = tmp_path_factory.mktemp("folder")
     for split, per_class in FOLDER_IMAGES.items():

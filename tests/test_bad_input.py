@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import blockswap as bs
-from blockswap.training import TrainConfig, train
+from blockswap.train.training import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 SEARCH = ["search", "--model", "wrn-10-1", "--budget", "40k", "--samples", "2", "--batch-size", "16", "--quiet"]

@@ -15,7 +15,7 @@ from torch import nn
 
 import blockswap as bs
 from blockswap.data import probe_images
-from blockswap.workers import build_candidate
+from blockswap.search.pool import build_candidate
 
 pytestmark = pytest.mark.slow  # `pytest -m "not slow"` skips them; `.ci/run` runs everything
 

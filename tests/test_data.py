@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from blockswap.data import (
+from blockswap.data.cifar import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     DataError,
@@ -209,6 +209,6 @@ def test_missing_folder_downloads_from_mirror(tmp_path: Path, monkeypatch: pytes
     archive = tmp_path / "mirror.tar.gz"
     md5 = _fake_archive(archive)
     monkeypatch.setenv("BLOCKSWAP_CIFAR10_URL", archive.as_uri())
-    monkeypatch.setattr("blockswap.data.CIFAR10_MD5", md5)
+    monkeypatch.setattr("blockswap.data.cifar.CIFAR10_MD5", md5)
     test = load_cifar10(tmp_path / "fresh", train=False)
     assert len(test) == 2 and (tmp_path / "fresh" / "cifar-10-batches-py" / "data_batch_5").is_file()

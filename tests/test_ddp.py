@@ -14,11 +14,11 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from blockswap import Backbone, Genotype
-from blockswap.checkpoint import read_checkpoint
-from blockswap.distill import DistillConfig
-from blockswap.distributed import setup_distributed
-from blockswap.evaluate import evaluate_checkpoint
-from blockswap.training import TapsModule, TrainConfig, forward_loss, train
+from blockswap.weights.checkpoint import read_checkpoint
+from blockswap.train.distill import DistillConfig
+from blockswap.util.distributed import setup_distributed
+from blockswap.deploy.evaluate import evaluate_checkpoint
+from blockswap.train.training import TapsModule, TrainConfig, forward_loss, train
 
 WORLD = 2
 GLOBAL_BATCH = 8

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import blockswap
-from blockswap import detection
-from blockswap.backbones import Backbone
-from blockswap.errors import BlockSwapError
-from blockswap.genotype import Genotype
+from blockswap.deploy import detection
+from blockswap.space.backbones import Backbone
+from blockswap.util.errors import BlockSwapError
+from blockswap.space.genotype import Genotype
 
 INSTALL = "pip install 'blockswap\\[detection\\]'"
 
@@ -41,8 +41,8 @@ def one_line(error: pytest.ExceptionInfo[BlockSwapError]) -> bool:
 
 def test_importing_the_module_needs_no_torchvision(no_torchvision: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(blockswap, "detection", detection)  # put back afterwards, as the entry below is
-    monkeypatch.delitem(sys.modules, "blockswap.detection")
-    module = importlib.import_module("blockswap.detection")
+    monkeypatch.delitem(sys.modules, "blockswap.deploy.detection")
+    module = importlib.import_module("blockswap.deploy.detection")
     assert module is not detection and callable(module.mask_rcnn) and callable(module.backbone_with_fpn)
 
 

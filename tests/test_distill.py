@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from blockswap.distill import DistillConfig, attention_loss, attention_map, kd_loss, student_loss
-from blockswap.errors import BlockSwapError
+from blockswap.train.distill import DistillConfig, attention_loss, attention_map, kd_loss, student_loss
+from blockswap.util.errors import BlockSwapError
 
 
 def _hand_map(x: list[list[list[float]]]) -> list[float]:

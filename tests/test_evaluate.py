@@ -10,9 +10,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from blockswap import Backbone, Genotype
-from blockswap.checkpoint import save_atomic
+from blockswap.weights.checkpoint import save_atomic
 from blockswap.cli import main
-from blockswap.evaluate import evaluate_checkpoint
+from blockswap.deploy.evaluate import evaluate_checkpoint
 
 
 def test_eval_reproduces_the_training_run(cifar_root: Path, tiny_teacher: Path) -> None:

@@ -12,14 +12,15 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from blockswap.backbones import Backbone, get_backbone
-from blockswap.blocks import PALETTE_NAMES
-from blockswap.checkpoint import load_network, save_atomic
+from blockswap.space.backbones import Backbone, get_backbone
+from blockswap.space.blocks import PALETTE_NAMES
+from blockswap.weights.teachers import load_network
+from blockswap.weights.checkpoint import save_atomic
 from blockswap.cli import build_parser, main
-from blockswap.errors import BlockSwapError
-from blockswap.export import export_checkpoint, export_network
-from blockswap.genotype import Genotype
-from blockswap.networks import BlockNetwork
+from blockswap.util.errors import BlockSwapError
+from blockswap.deploy.export import export_checkpoint, export_network
+from blockswap.space.genotype import Genotype
+from blockswap.space.networks import BlockNetwork
 
 # torch marks TorchScript deprecated; exporting to it is what is tested here.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:DeprecationWarning")
@@ -80,7 +81,7 @@ def torch_logits(net: nn.Module, x: Tensor) -> Tensor:
 
 
 def onnx_logits(path: Path, x: Tensor) -> Tensor:
-    """The file run in onnxruntime by the names the export promises, independently of blockswap.export."""
+    """The file run in onnxruntime by the names the export promises, independently of blockswap.deploy.export."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -12,8 +12,8 @@ from scipy.stats import spearmanr
 
 import blockswap as bs
 from blockswap.data import probe_images
-from blockswap.fused import FusedBatchNorm, bn_relu_pairs, fused_batch_norms
-from blockswap.workers import build_candidate
+from blockswap.scoring.fused import FusedBatchNorm, bn_relu_pairs, fused_batch_norms
+from blockswap.search.pool import build_candidate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

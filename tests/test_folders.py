@@ -14,8 +14,9 @@ from PIL import Image
 
 from blockswap import Backbone
 from blockswap.cli import main
-from blockswap.data import DataError, load_split, probe_images
-from blockswap.folders import (
+from blockswap.data.cifar import DataError
+from blockswap.data import load_split, probe_images
+from blockswap.data.imagefolder import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     check_classes,

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from blockswap.genotype import Genotype, GenotypeError, load_genotype
-from blockswap.backbones import Backbone, get_backbone, models_with_blocks, register_backbone
-from blockswap.errors import BlockSwapError
+from blockswap.space.genotype import Genotype, GenotypeError, load_genotype
+from blockswap.space.backbones import Backbone, get_backbone, models_with_blocks, register_backbone
+from blockswap.util.errors import BlockSwapError
 
 STUDENT_400K = ("Conv DConvG16 DConv DConvA2 ConvB2 DConvA8 DConvG2 DConvG16 DConvA8 DConvA16 DConvG8 DConvA4 "
                 "DConvG4 DConvG4 A4B2 DConvG8 DConvG8 G16B2").split()
@@ -214,7 +214,7 @@ def test_models_with_blocks_finds_resnets_and_nothing_for_impossible_counts() ->
 def test_users_registered_models_are_suggested(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from blockswap import backbones
+    from blockswap.space import backbones
 
     monkeypatch.setattr(backbones, "_REGISTRY", dict(backbones._REGISTRY))  # registrations end with the test
     resnet34 = get_backbone("resnet34")

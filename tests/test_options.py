@@ -9,11 +9,11 @@ import inspect
 import pytest
 
 from blockswap.cli import build_parser
-from blockswap.distill import DistillConfig
-from blockswap.evaluate import evaluate_checkpoint
-from blockswap.options import field_default
-from blockswap.search import SearchConfig
-from blockswap.training import TrainConfig
+from blockswap.train.distill import DistillConfig
+from blockswap.deploy.evaluate import evaluate_checkpoint
+from blockswap.util.options import field_default
+from blockswap.search.run import SearchConfig
+from blockswap.train.training import TrainConfig
 
 
 def _subcommands(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, argparse.ArgumentParser]:
@@ -76,7 +76,7 @@ def test_teacher_training_takes_no_distillation_options() -> None:
 def test_nested_distill_config_is_filled_from_flat_options() -> None:
     args = build_parser().parse_args(["train", "student", "--genotype", "g.json", "--no-teacher", "--data-dir", "d",
                                       "--out", "o", "--beta", "750", "--kd-alpha", "0.5"])
-    from blockswap.options import values
+    from blockswap.util.options import values
 
     config = TrainConfig(genotype={}, **values(args, TrainConfig))
     assert config.distill == DistillConfig(beta=750.0, kd_alpha=0.5)
@@ -93,8 +93,8 @@ def test_command_args_rebuild_the_config_through_the_parser() -> None:
     """The command a study report prints gives back the same config when parsed."""
     import argparse
 
-    from blockswap.options import add_options, command_args, values
-    from blockswap.study import StudyConfig
+    from blockswap.util.options import add_options, command_args, values
+    from blockswap.study.config import StudyConfig
 
     config = StudyConfig(budget=200_000, data_dir="data dir", candidates=24, proxies=["fisher", "l2@10"], inits=4,
                          average=["fisher"], train_seeds=[0, 1], train_subset=5000)

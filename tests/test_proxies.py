@@ -1,4 +1,4 @@
-"""Zero-cost proxies (blockswap.proxies) against independent computations on tiny networks.
+"""Zero-cost proxies (blockswap.scoring.proxies) against independent computations on tiny networks.
 
 Every reference below recomputes its proxy's formula another way (retained
 output gradients, forward-over-reverse Hessian products, hand-written SGD,
@@ -22,12 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import blockswap as bs
-from blockswap.blocks import block_type
+from blockswap.space.blocks import block_type
 from blockswap.cli import main
-from blockswap.errors import BlockSwapError
-from blockswap.proxies import PROXIES, RecipeSteps, average_scores
-from blockswap.scoring import Score
-from blockswap.workers import build_candidate, score_genotype
+from blockswap.util.errors import BlockSwapError
+from blockswap.scoring.proxies import PROXIES
+from blockswap.scoring.trained import RecipeSteps
+from blockswap.scoring.scorer import average_scores
+from blockswap.scoring.scorer import Score
+from blockswap.search.pool import build_candidate, score_genotype
 
 LAYERS = (nn.Conv2d, nn.Linear)
 WRN = bs.Genotype(bs.get_backbone("wrn-10-1"), ("Conv", "G4B2", "DConv"))

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from blockswap import Backbone, Genotype
-from blockswap.checkpoint import read_checkpoint
+from blockswap.weights.checkpoint import read_checkpoint
 from blockswap.cli import main
-from blockswap.errors import BlockSwapError
-from blockswap.pruning import Pruner, magnitude_scores, nonzero_params, prunable_weights, snip_scores
-from blockswap.training import TrainConfig, train
+from blockswap.util.errors import BlockSwapError
+from blockswap.train.pruning import Pruner, magnitude_scores, nonzero_params, prunable_weights, snip_scores
+from blockswap.train.training import TrainConfig, train
 
 WRN10 = Genotype.uniform(Backbone.from_name("wrn-10-1"))  # 77,850 parameters, 490 of them BN and bias
 

@@ -10,7 +10,7 @@ import pytest
 
 stats = pytest.importorskip("scipy.stats")
 
-from blockswap.ranking import _kendall, _spearman, best_of_curve, expected_best_of, rank_stats, tie_means  # noqa: E402
+from blockswap.study.ranking import _kendall, _spearman, best_of_curve, expected_best_of, rank_stats, tie_means  # noqa: E402
 
 RNG = np.random.default_rng(7)
 SCORE = RNG.normal(size=25)

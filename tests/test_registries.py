@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import blockswap as bs
-from blockswap.errors import BlockSwapError
+from blockswap.util.errors import BlockSwapError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,17 +9,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from blockswap.backbones import get_backbone
-from blockswap.errors import BlockSwapError
-from blockswap.genotype import Genotype
-from blockswap.networks import build_network
-from blockswap.resnet_import import (
-    backbone_from_module,
-    backbone_from_state_dict,
-    is_weight_file,
-    load_resnet,
-    normalize_state_dict,
-)
+from blockswap.space.backbones import get_backbone
+from blockswap.util.errors import BlockSwapError
+from blockswap.space.genotype import Genotype
+from blockswap.space.networks import build_network
+from blockswap.weights.resnet_import import backbone_from_module, backbone_from_state_dict, is_weight_file, normalize_state_dict
+from blockswap.weights.teachers import load_resnet
 
 
 class Basic(nn.Module):

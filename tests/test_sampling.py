@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from blockswap.blocks import DEFAULT_PALETTE
-from blockswap.counts import BudgetError, parse_budget
-from blockswap.sampling import CostTable, sample_genotypes, uniform_genotypes
-from blockswap.backbones import Backbone
+from blockswap.space.blocks import DEFAULT_PALETTE
+from blockswap.util.counts import BudgetError, parse_budget
+from blockswap.space.sampling import CostTable, sample_genotypes, uniform_genotypes
+from blockswap.space.backbones import Backbone
 
 WRN = Backbone.from_name("wrn-40-2")
 
@@ -32,7 +32,7 @@ def test_cost_table_matches_genotype_counts() -> None:
     table = CostTable.build(WRN)
     assert table.max_params == 2_243_546
     cheapest = [DEFAULT_PALETTE.names[j] for j in np.where(table.params < 0, 1 << 40, table.params).argmin(1)]
-    from blockswap.genotype import Genotype
+    from blockswap.space.genotype import Genotype
 
     assert Genotype(WRN, tuple(cheapest)).params() == table.min_params
 

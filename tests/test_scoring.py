@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockswap.genotype import Genotype
-from blockswap.backbones import Backbone
-from blockswap.networks import PostActBlock, PreActBlock
-from blockswap.scoring import FisherScorer, Score, fisher_from_probes, make_scorer
+from blockswap.space.genotype import Genotype
+from blockswap.space.backbones import Backbone
+from blockswap.space.networks import PostActBlock, PreActBlock
+from blockswap.scoring.fisher import FisherScorer, fisher_from_probes
+from blockswap.scoring.scorer import Score, make_scorer
 
 
 class ChannelMask(nn.Module):

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from blockswap.errors import BlockSwapError
-from blockswap.candidates import Candidate
-from blockswap.search import SearchConfig, run_search
-from blockswap.workers import build_candidate
+from blockswap.util.errors import BlockSwapError
+from blockswap.search.candidates import Candidate
+from blockswap.search.run import SearchConfig, run_search
+from blockswap.search.pool import build_candidate
 
 CONFIG = SearchConfig(budget=40_000, model="wrn-10-1", samples=6, batch_size=16, seed=3)
 
@@ -76,8 +76,8 @@ def test_resume_refuses_a_different_search(tmp_path: Path) -> None:
 
 
 def test_candidate_weights_depend_on_seed_and_index_only() -> None:
-    from blockswap.genotype import Genotype
-    from blockswap.backbones import Backbone
+    from blockswap.space.genotype import Genotype
+    from blockswap.space.backbones import Backbone
 
     g = Genotype.uniform(Backbone.from_name("wrn-10-1"), "G4B2")
     a, b, c = build_candidate(g, 0, 5), build_candidate(g, 0, 5), build_candidate(g, 0, 6)
@@ -209,9 +209,9 @@ def test_mac_budget_search_writes_only_candidates_inside_the_window(tmp_path: Pa
 def test_latency_budget_search_draws_from_the_table_it_keeps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    import blockswap.latency as latency
-    from blockswap.blocks import PALETTE_NAMES
-    from blockswap.genotype import Genotype
+    import blockswap.space.latency as latency
+    from blockswap.space.blocks import PALETTE_NAMES
+    from blockswap.space.genotype import Genotype
 
     backbone = SearchConfig(budget=1, model="wrn-10-1").backbone()
     table, _ = latency.latency_table(backbone, PALETTE_NAMES, torch.device("cpu"), min_time=0.002, progress=False)

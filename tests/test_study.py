@@ -15,8 +15,10 @@ pytest.importorskip("scipy")
 pytest.importorskip("matplotlib")
 
 from blockswap import study as study_module  # noqa: E402
-from blockswap.errors import BlockSwapError  # noqa: E402
-from blockswap.study import StudyConfig, parse_proxy, read_results, run_study, study_samples  # noqa: E402
+from blockswap.util.errors import BlockSwapError  # noqa: E402
+from blockswap.study.config import StudyConfig, parse_proxy
+from blockswap.study.report import read_results, study_samples
+from blockswap.study.run import run_study
 
 
 def _config(cifar_root: Path, **changes: object) -> StudyConfig:
@@ -154,7 +156,7 @@ def test_cli_study_rank_and_samples(finished: Path, cifar_root: Path, tmp_path: 
 
 def test_a_diverged_candidate_is_recorded_and_left_out(cifar_root: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from blockswap.training import DivergedError
+    from blockswap.train.training import DivergedError
 
     real_train = study_module.train
 
@@ -182,8 +184,8 @@ class _NanProxy:
     log_average = True
 
     def __call__(self, model: object, batch: object) -> object:
-        from blockswap.proxies import L2Scorer
-        from blockswap.scoring import Score
+        from blockswap.scoring.proxies import L2Scorer
+        from blockswap.scoring.scorer import Score
 
         score = L2Scorer()(model, batch)  # type: ignore[arg-type]
         return Score(float("nan") if model.block_names[0] == _FIRST_BLOCK else score.total, ())  # type: ignore[attr-defined]
@@ -194,7 +196,7 @@ _FIRST_BLOCK = ""
 
 def test_a_non_finite_proxy_value_is_kept_as_nan(cifar_root: Path, tmp_path: Path) -> None:
     global _FIRST_BLOCK
-    from blockswap.scoring import register_scorer, scorer_names
+    from blockswap.scoring.scorer import register_scorer, scorer_names
 
     if "test_nan_proxy" not in scorer_names():
         register_scorer("test_nan_proxy")(_NanProxy)

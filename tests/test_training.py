@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from blockswap import Backbone, Genotype
-from blockswap.checkpoint import CheckpointError, read_checkpoint
+from blockswap.weights.checkpoint import CheckpointError, read_checkpoint
 from blockswap.cli import main
-from blockswap.data import DataError, augment, load_cifar10
-from blockswap.errors import BlockSwapError
-from blockswap.training import TrainConfig, TrainingError, epoch_order, make_scheduler, train
+from blockswap.data.cifar import DataError, augment, load_cifar10
+from blockswap.util.errors import BlockSwapError
+from blockswap.train.training import TrainConfig, TrainingError, epoch_order, make_scheduler, train
 
 WRN10 = Backbone.from_name("wrn-10-1")
 
@@ -145,7 +145,7 @@ def test_missing_data_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_each_epoch_walks_a_new_permutation(cifar_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import blockswap.data as data
+    import blockswap.data.cifar as data
 
     batches: list[torch.Tensor] = []
 
@@ -183,7 +183,7 @@ def _comparable(out: Path) -> dict[str, object]:
 
 def test_a_kill_between_any_two_writes_resumes_to_the_same_files(cifar_root: Path, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    import blockswap.training as training
+    import blockswap.train.training as training
 
     config = _config(cifar_root, epochs=2, batch_size=64, train_subset=512, test_subset=200, precision="fp32",
                      lr=0.05, seed=1)
@@ -243,7 +243,7 @@ def test_step_schedule_divides_by_five_at_30_60_80_percent() -> None:
 
 def test_under_torchrun_train_needs_a_group_unless_told_to_run_alone(cifar_root: Path, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from blockswap.training import ONE_PROCESS
+    from blockswap.train.training import ONE_PROCESS
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     config = _config(cifar_root, epochs=1)

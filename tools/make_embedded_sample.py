@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from blockswap.data import load_cifar10
+from blockswap.data.cifar import load_cifar10
 
 PER_CLASS = 100
 

@@ -5,9 +5,18 @@ registries (`register_backbone`, `register_block_type`, `register_scorer`)
 are how a user extends the tool without editing it.
 """
 
-from .backbones import Backbone, BlockShape, backbone_names, get_backbone, models_with_blocks, register_backbone
-from .baselines import random_student, scaled, single_type, student_genotype
-from .blocks import (
+from .data import load_split
+from .data.cifar import DataError, ImageSet, augment, load_cifar10, load_embedded_sample, normalize
+from .data.imagefolder import FolderSplit, open_image_folder
+from .deploy.evaluate import EvalReport, evaluate_checkpoint
+from .deploy.export import ExportReport, export_checkpoint, export_network
+from .scoring.fisher import FastFisherScorer, FisherScorer
+from .scoring.scorer import Score, Scorer, average_scores, make_scorer, register_scorer, scorer_names
+from .scoring.trained import RecipeSteps, TrainedScorer
+from .search.candidates import Candidate, read_candidates
+from .search.run import SearchConfig, SearchResult, run_search
+from .space.backbones import Backbone, BlockShape, backbone_names, get_backbone, models_with_blocks, register_backbone
+from .space.blocks import (
     DEFAULT_PALETTE,
     PALETTE_NAMES,
     BlockType,
@@ -17,34 +26,20 @@ from .blocks import (
     register_block_type,
     registered_block_types,
 )
-from .candidates import Candidate, read_candidates
-from .checkpoint import CheckpointError, load_network
-from .counts import BudgetError, format_count, parse_budget
-from .data import DataError, ImageSet, augment, load_cifar10, load_embedded_sample, load_split, normalize
-from .distill import DistillConfig, attention_loss, attention_map, student_loss
-from .distributed import Distributed, setup_distributed
-from .errors import BlockSwapError
-from .evaluate import EvalReport, evaluate_checkpoint
-from .export import ExportReport, export_checkpoint, export_network
-from .folders import FolderSplit, open_image_folder
-from .genotype import Genotype, GenotypeError, load_genotype
-from .networks import BlockNetwork, Taps, build_network, fixed_costs
-from .proxies import RecipeSteps, TrainedScorer, average_scores
-from .pruning import Pruner, nonzero_params
-from .resnet_import import (
-    backbone_from_module,
-    backbone_from_state_dict,
-    is_weight_file,
-    genotype_of_weights,
-    load_resnet,
-    model_backbone,
-    normalize_state_dict,
-)
-from .latency import LatencyTable, check_latency_table, latency_table, measure_latency_table
-from .sampling import CostTable, sample_genotypes, uniform_genotypes
-from .scoring import FastFisherScorer, FisherScorer, Score, Scorer, make_scorer, register_scorer, scorer_names
-from .search import SearchConfig, SearchResult, run_search
-from .training import RECIPES, DivergedError, TrainConfig, TrainingError, train
+from .space.genotype import Genotype, GenotypeError, load_genotype
+from .space.latency import LatencyTable, check_latency_table, latency_table, measure_latency_table
+from .space.networks import BlockNetwork, Taps, build_network, fixed_costs
+from .space.sampling import CostTable, sample_genotypes, uniform_genotypes
+from .train.baselines import random_student, scaled, single_type, student_genotype
+from .train.distill import DistillConfig, attention_loss, attention_map, student_loss
+from .train.pruning import Pruner, nonzero_params
+from .train.training import RECIPES, DivergedError, TrainConfig, TrainingError, train
+from .util.counts import BudgetError, format_count, parse_budget
+from .util.distributed import Distributed, setup_distributed
+from .util.errors import BlockSwapError
+from .weights.checkpoint import CheckpointError
+from .weights.resnet_import import backbone_from_module, backbone_from_state_dict, is_weight_file, normalize_state_dict
+from .weights.teachers import genotype_of_weights, load_network, load_resnet, model_backbone
 
 __version__ = "0.1.0"
 

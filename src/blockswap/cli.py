@@ -1,6 +1,6 @@
 """The `blockswap` command line: fills the library's config dataclasses from argv.
 
-Options are derived from the config dataclasses' fields (`blockswap.options`),
+Options are derived from the config dataclasses' fields (`blockswap.util.options`),
 so their defaults and help live in one place. `--plugin MODULE_OR_FILE` (or
 $BLOCKSWAP_PLUGINS, comma-separated) imports a user's module first, so the
 backbones, block types and scorers it registers work in every command.
@@ -25,26 +25,29 @@ from typing import Any
 
 import torch
 
-from .backbones import get_backbone
-from .baselines import student_genotype
-from .blocks import block_type
-from .checkpoint import load_network, read_checkpoint
-from .counts import format_count, parse_budget
-from .distributed import setup_distributed
-from .errors import BlockSwapError
-from .evaluate import evaluate_checkpoint
-from .latency import DEFAULT_MIN_TIME, check_latency_table, latency_table
-from .export import FORMATS, export_checkpoint
-from .genotype import Genotype, load_genotype
-from .options import add_options, argparse_type, comma_separated, values
-from .precision import PRECISIONS
-from .pruning import PRUNE_METHODS
-from .resnet_import import is_weight_file, model_backbone
-from .sampling import uniform_genotypes
-from .search import SearchConfig, run_search
-from .study import StudyConfig, parse_sizes, run_study, study_samples
-from .training import RECIPES, TrainConfig, train
-from .workers import usable_cores
+from .deploy.evaluate import evaluate_checkpoint
+from .deploy.export import FORMATS, export_checkpoint
+from .search.run import SearchConfig, run_search
+from .space.backbones import get_backbone
+from .space.blocks import block_type
+from .space.genotype import Genotype, load_genotype
+from .space.latency import DEFAULT_MIN_TIME, check_latency_table, latency_table
+from .space.sampling import uniform_genotypes
+from .study.config import StudyConfig
+from .study.report import parse_sizes, study_samples
+from .study.run import run_study
+from .train.baselines import student_genotype
+from .train.pruning import PRUNE_METHODS
+from .train.training import RECIPES, TrainConfig, train
+from .util.counts import format_count, parse_budget
+from .util.distributed import setup_distributed
+from .util.errors import BlockSwapError
+from .util.options import add_options, argparse_type, comma_separated, values
+from .util.precision import PRECISIONS
+from .util.system import usable_cores
+from .weights.checkpoint import read_checkpoint
+from .weights.resnet_import import is_weight_file
+from .weights.teachers import load_network, model_backbone
 
 __all__ = ["main", "build_parser", "load_plugin"]
 

@@ -1,0 +1,1 @@
+"""After training: evaluation with latency, ONNX/TorchScript export, and the detection adapter."""

@@ -1,0 +1,2 @@
+"""Scoring candidates before training: the scorer contract and registry, Fisher potential, the other
+zero-cost proxies, proxies after training steps, and the fused CPU kernels."""

@@ -1,0 +1,299 @@
+"""Zero-cost proxies beside Fisher potential, each a registered scorer, for searches and the ranking study.
+
+Every proxy maps a freshly initialised network and one minibatch to a total
+(higher means "predicted better", so the search's argmax applies to all of
+them) and, where the proxy is a sum over layers, one value per block: the
+share of the block's body. Layer sums run over every `nn.Conv2d` and
+`nn.Linear` weight of the network, as in the zero-cost-proxy reference
+implementation (Abdelfattah et al. 2021, SamsungLabs/zero-cost-nas), so the
+total also counts the stem, the shortcuts and the classifier. Networks are in
+training mode (BN on batch statistics) unless a proxy says otherwise, and no
+proxy changes the weights it is given.
+
+- `fisher_convs`: Fisher potential (Theis et al. 2018) at the output of every
+  conv and linear layer, as zero-cost-nas computes it (`fisher` probes only the
+  block bodies' outputs, as the paper does).
+- `grad_norm`: sum of the L2 norms of the cross-entropy gradients of the
+  weights (the paper's Table 1 "grad norms").
+- `snip`: sum of |w * dL/dw| (Lee et al. 2019).
+- `grasp`: sum of -w * (H g), g the loss gradient, H the Hessian (Wang et al.
+  2020, with zero-cost-nas's sign). Signed.
+- `synflow`: sum of |w * dR/dw| with R the sum of the outputs of the network
+  with every parameter made positive, on one all-ones input in float64
+  (Tanaka et al. 2020). BN runs in eval mode on its running statistics, which
+  at initialisation makes it the identity up to 1/sqrt(1 + eps): zero-cost-nas
+  builds its synflow networks without BN.
+- `naswot`: log |det K| of the ReLU activation-pattern kernel of the batch
+  (Mellor et al. 2021). No per-block values.
+- `jacob_cov`: -sum(log(v + k) + 1 / (v + k)), v the eigenvalues of the
+  correlation matrix of the per-image input Jacobians of the summed logits,
+  k = 1e-5 (Mellor et al. 2020, v1; zero-cost-nas). No per-block values.
+- `l2`: sum of the L2 norms of the weights.
+- `params`, `macs`: the network's parameters and multiply-accumulates.
+- `accuracy`: the fraction of the batch the network classifies correctly
+  (chance at initialisation; meaningful after training steps).
+- `trained`: any proxy measured after `steps` SGD steps of the training recipe
+  (lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, augmented CIFAR-10
+  batches drawn from `data_dir`), as in the paper's Table 1 "after k minibatches".
+
+A scorer's `log_average` says how `SearchConfig.inits` averages it over several
+initialisations: the mean of the log (a geometric mean) for positive proxies,
+the plain mean for the signed or already logarithmic ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..space.blocks import block_type
+from ..space.genotype import Genotype
+from ..space.networks import BlockNetwork
+from ..util.errors import BlockSwapError
+from .fisher import FastFisherScorer, fisher_from_probes
+from .scorer import Score, Scorer, register_scorer
+
+__all__ = ["FisherConvsScorer", "GradNormScorer", "SnipScorer", "GraspScorer", "SynflowScorer", "NaswotScorer", "JacobCovScorer", "L2Scorer", "ParamsScorer", "MacsScorer", "AccuracyScorer", "layer_owners"]
+
+JACOB_COV_K = 1e-5  # zero-cost-nas's regulariser of the eigenvalues
+
+
+def layer_owners(model: BlockNetwork) -> list[tuple[nn.Module, int | None]]:
+    """Every conv and linear layer in module order, with the index of the block whose body holds it (None outside)."""
+    owner: dict[int, int] = {}
+    for b, block in enumerate(model.blocks):
+        for body in block.body_modules():
+            for m in body.modules():
+                owner[id(m)] = b
+    return [(m, owner.get(id(m))) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def _layer_score(model: BlockNetwork, values: Iterable[float]) -> Score:
+    """Total over all conv/linear layers, and per block the sum over its body's layers."""
+    per_block = [0.0] * len(model.blocks)
+    total = 0.0
+    for (_, b), v in zip(layer_owners(model), values):
+        total += v
+        if b is not None:
+            per_block[b] += v
+    return Score(total, tuple(per_block))
+
+
+@contextmanager
+def _mode(model: nn.Module, training: bool, frozen: bool = False) -> Iterator[None]:
+    """Set train/eval mode (and optionally stop parameter gradients) for the block, then restore both."""
+    was_training = model.training
+    grads = [p.requires_grad for p in model.parameters()]
+    model.train(training)
+    if frozen:
+        for p in model.parameters():
+            p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, g in zip(model.parameters(), grads):
+            p.requires_grad_(g)
+        model.train(was_training)
+
+
+def _weights(model: BlockNetwork) -> list[Tensor]:
+    return [m.weight for m, _ in layer_owners(model)]
+
+
+def _weight_grads(model: BlockNetwork, batch: tuple[Tensor, Tensor], create_graph: bool = False) -> list[Tensor]:
+    """Gradients of the mean cross-entropy of the batch with respect to every conv/linear weight."""
+    x, y = batch
+    loss = F.cross_entropy(model(x), y)
+    return list(torch.autograd.grad(loss, _weights(model), create_graph=create_graph))
+
+
+class FisherConvsScorer:
+    """Fisher potential summed over the output channels of every conv and linear layer."""
+
+    log_average = True
+
+    def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score:
+        x, y = batch
+        outputs: list[Tensor] = []
+        hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for m, _ in layer_owners(model)]
+        try:
+            with _mode(model, True, frozen=True):
+                logits = model(x.detach().requires_grad_())
+                grads = torch.autograd.grad(F.cross_entropy(logits, y), outputs)
+        finally:
+            for h in hooks:
+                h.remove()
+        with torch.no_grad():
+            values = [fisher_from_probes(a, g).item() if a.dim() == 4 else 0.5 * (a * g).pow(2).mean(0).sum().item()
+                      for a, g in zip(outputs, grads)]
+        return _layer_score(model, values)
+
+
+class GradNormScorer:
+    """Sum over conv/linear layers of the L2 norm of the loss gradient of the weight."""
+
+    log_average = True
+
+    def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score:
+        with _mode(model, True):
+            grads = _weight_grads(model, batch)
+        return _layer_score(model, [g.norm().item() for g in grads])
+
+
+class SnipScorer:
+    """Sum over conv/linear weights of |w * dL/dw| (connection sensitivity)."""
+
+    log_average = True
+
+    def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score:
+        with _mode(model, True):
+            grads = _weight_grads(model, batch)
+        return _layer_score(model, [(w.detach() * g).abs().sum().item() for w, g in zip(_weights(model), grads)])
+
+
+class GraspScorer:
+    """Sum over conv/linear weights of -w * (H g): gradient signal preservation, one Hessian-vector product."""
+
+    log_average = False
+
+    def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score:
+        with _mode(model, True):
+            weights = _weights(model)
+            grads = _weight_grads(model, batch, create_graph=True)
+            z = sum((g.detach() * g).sum() for g in grads)
+            hg = torch.autograd.grad(z, weights, allow_unused=True)
+        return _layer_score(model, [0.0 if h is None else (-w.detach() * h).sum().item() for w, h in zip(weights, hg)])
+
+
+class SynflowScorer:
+    """Sum over conv/linear weights of |w * dR/dw|, R the summed output of the all-positive network on ones."""
+
+    log_average = True
+
+    def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score:
+        net = copy.deepcopy(model).double()
+        with torch.no_grad():
+            for t in [*net.parameters(), *net.buffers()]:
+                if t.is_floating_point():
+                    t.abs_()
+        net.eval()
+        for p in net.parameters():
+            p.requires_grad_(True)
+        ones = torch.ones((1, *batch[0].shape[1:]), dtype=torch.float64, device=batch[0].device)
+        weights = _weights(net)
+        grads = torch.autograd.grad(net(ones).sum(), weights)
+        return _layer_score(net, [(w.detach() * g).abs().sum().item() for w, g in zip(weights, grads)])
+
+
+class NaswotScorer:
+    """log |det K|, K[i, j] the number of ReLUs on which images i and j agree (both active or both inactive)."""
+
+    log_average = False
+
+    def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score:
+        x = batch[0]
+        kernel = torch.zeros(len(x), len(x), dtype=torch.float64, device=x.device)
+
+        def add(_m: nn.Module, _i: object, out: Tensor) -> None:
+            # c c^T + (1 - c)(1 - c)^T = 2 c c^T - s_i - s_j + units, s the active counts; one float32 matmul
+            # of 0/1 codes is exact (every partial sum is a whole number below 2**24)
+            codes = (out.detach().flatten(1) > 0).float()
+            active = codes.sum(1, dtype=torch.float64)
+            both = (codes @ codes.T).double()
+            kernel.add_(2 * both - active[:, None] - active[None, :] + codes.shape[1])
+
+        hooks = [m.register_forward_hook(add) for m in model.modules() if isinstance(m, nn.ReLU)]
+        if not hooks:
+            raise BlockSwapError("naswot needs nn.ReLU modules in the network; this one has none")
+        try:
+            with _mode(model, True), torch.no_grad():
+                model(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        return Score(torch.linalg.slogdet(kernel)[1].item(), ())
+
+
+class JacobCovScorer:
+    """Score of the correlation of per-image input Jacobians: high when images get decorrelated Jacobians."""
+
+    log_average = False
+
+    def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score:
+        x = batch[0].detach().requires_grad_()
+        with _mode(model, True, frozen=True):
+            (jacobian,) = torch.autograd.grad(model(x).sum(), x)
+        corr = torch.corrcoef(jacobian.flatten(1).double())
+        if not torch.isfinite(corr).all():  # an image with a constant Jacobian: no correlation, as the reference
+            return Score(math.nan, ())
+        v = torch.linalg.eigvalsh(corr)
+        return Score(-(torch.log(v + JACOB_COV_K) + 1.0 / (v + JACOB_COV_K)).sum().item(), ())
+
+
+class L2Scorer:
+    """Sum over conv/linear layers of the L2 norm of the weight."""
+
+    log_average = True
+
+    def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score:
+        return _layer_score(model, [w.detach().norm().item() for w in _weights(model)])
+
+
+class ParamsScorer:
+    """The network's trainable parameters; per block, its body's (what the budget window spends)."""
+
+    log_average = True
+
+    def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score:
+        total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        per_block = [float(sum(p.numel() for body in block.body_modules() for p in body.parameters()))
+                     for block in model.blocks]
+        return Score(float(total), tuple(per_block))
+
+
+class MacsScorer:
+    """The network's multiply-accumulates per image (closed form, as `Genotype.macs`); per block, its body's."""
+
+    log_average = True
+
+    def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score:
+        genotype = Genotype(model.backbone, tuple(model.block_names))
+        per_block = [float(block_type(n).macs(s.c_in, s.c_out, s.stride, s.size_in))
+                     for n, s in zip(genotype.blocks, model.backbone.block_shapes())]
+        return Score(float(genotype.macs()), tuple(per_block))
+
+
+class AccuracyScorer:
+    """The fraction of the batch classified correctly, BN on batch statistics (the paper's "train accuracy")."""
+
+    log_average = False
+
+    def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score:
+        x, y = batch
+        with _mode(model, True), torch.no_grad():
+            correct = (model(x).argmax(1) == y).double().mean().item()
+        return Score(correct, ())
+
+
+PROXIES: dict[str, Callable[..., Scorer]] = {
+    "fisher": FastFisherScorer,
+    "fisher_convs": FisherConvsScorer,
+    "grad_norm": GradNormScorer,
+    "snip": SnipScorer,
+    "grasp": GraspScorer,
+    "synflow": SynflowScorer,
+    "naswot": NaswotScorer,
+    "jacob_cov": JacobCovScorer,
+    "l2": L2Scorer,
+    "params": ParamsScorer,
+    "macs": MacsScorer,
+    "accuracy": AccuracyScorer,
+}
+for _name, _factory in PROXIES.items():
+    register_scorer(_name)(_factory)

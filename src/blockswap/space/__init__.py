@@ -1,0 +1,2 @@
+"""The search space: block types, backbones, networks built from genotypes, parameter/MAC counts, the
+exact budget sampler and latency tables."""

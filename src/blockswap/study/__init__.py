@@ -1,0 +1,1 @@
+"""Evidence: ranking studies that score and train a pool, their statistics and reports."""

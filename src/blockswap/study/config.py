@@ -1,0 +1,168 @@
+"""What a ranking study is and where its files live: `StudyConfig` (saved as config.json), the proxy
+names it accepts, and the per-candidate folder layout that tells a finished candidate from a missing one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..scoring.scorer import scorer_names
+from ..space.backbones import get_backbone
+from ..space.genotype import Genotype
+from ..space.sampling import DEFAULT_TOLERANCE, sample_genotypes
+from ..train.training import SCHEDULES, TrainConfig
+from ..util.counts import parse_budget
+from ..util.errors import BlockSwapError
+from ..util.options import comma_separated, from_record, option
+from ..util.rundir import read_json
+
+__all__ = ["StudyConfig", "parse_proxy", "DEFAULT_PROXIES"]
+
+DEFAULT_PROXIES = ("fisher", "fisher_convs", "grad_norm", "snip", "grasp", "synflow", "naswot", "jacob_cov", "l2",
+                   "params", "macs", "fisher@1", "fisher@10", "grad_norm@1", "grad_norm@10", "l2@1", "l2@10",
+                   "accuracy@1", "accuracy@10")
+
+
+_AT_INIT_ONLY = ("params", "macs")  # proxies that do not depend on the weights: never averaged
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in comma_separated(text)]
+    except ValueError:
+        raise BlockSwapError(f"training seeds must be whole numbers separated by commas, got {text!r}") from None
+
+
+def parse_proxy(name: str) -> tuple[str, int]:
+    """'fisher@10' -> ('fisher', 10); 'fisher' -> ('fisher', 0): a registered scorer and its training steps."""
+    base, _, steps = name.partition("@")
+    if base not in scorer_names() or base == "trained":
+        raise BlockSwapError(f"unknown proxy {name!r}: name a registered scorer ({', '.join(scorer_names())}), "
+                             "optionally with @K for the value after K training steps")
+    if not steps:
+        return base, 0
+    if not steps.isdigit() or int(steps) < 1:
+        raise BlockSwapError(f"proxy {name!r}: the steps after '@' must be a positive whole number")
+    return base, int(steps)
+
+
+@dataclass
+class StudyConfig:
+    """Everything that determines a ranking study's pool, scores and training runs; saved as config.json."""
+
+    budget: int = field(metadata=option("parameter budget of the pool, e.g. 200k", parse=parse_budget))
+    data_dir: str = field(metadata=option(
+        "CIFAR-10 folder (downloaded there if missing) or an image folder: probe batch and training"))
+    model: str = field(default="wrn-16-2", metadata=option("the teacher whose blocks are swapped"))
+    candidates: int = field(default=30, metadata=option("students sampled (seeded) and trained"))
+    proxies: list[str] = field(default_factory=lambda: list(DEFAULT_PROXIES), metadata=option(
+        "comma-separated proxies: registered scorers, NAME@K for the value after K SGD steps of the recipe "
+        "(fp32, lr --lr, batch --batch-size, seeded batches of the whole training set)",
+        parse=comma_separated, metavar="NAMES"))
+    inits: int = field(default=1, metadata=option(
+        "initialisations averaged for the at-initialisation proxies, reported beside the single ones as NAME.meanK"))
+    average: list[str] | None = field(default=None, metadata=option(
+        "comma-separated at-initialisation proxies averaged over --inits (default: all that depend on the weights)",
+        parse=comma_separated, metavar="NAMES"))
+    seed: int = field(default=0, metadata=option("fixes the pool, the initial weights and the probe batch"))
+    tolerance: float = field(default=DEFAULT_TOLERANCE, metadata=option("budget window, as for search"))
+    batch_size: int = field(default=128, metadata=option("probe batch and training batch (equal, as in the paper)"))
+    epochs: int = field(default=200, metadata=option("training epochs of every candidate"))
+    lr: float = field(default=0.1, metadata=option("initial learning rate"))
+    schedule: str = field(default="cosine", metadata=option("learning-rate schedule", choices=SCHEDULES))
+    train_subset: int | None = field(default=None, metadata=option("train on the first N images only"))
+    test_subset: int | None = field(default=None, metadata=option("test on the first N images only"))
+    train_seeds: list[int] = field(default_factory=lambda: [0], metadata=option(
+        "comma-separated training seeds; each candidate is trained once per seed, the target is the mean error, "
+        "and two seeds give the noise ceiling", parse=_seeds, metavar="SEEDS"))
+    teacher: str | None = field(default=None, metadata=option(
+        "teacher weight file: train every candidate with attention transfer from it (default: cross-entropy only)"))
+
+    def __post_init__(self) -> None:
+        """Refuse settings a study cannot run with, naming the first bad one."""
+        self.budget = parse_budget(self.budget)
+        for name in ("candidates", "inits", "batch_size", "epochs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BlockSwapError(f"{name} must be a positive whole number, got {value!r}")
+        if self.candidates < 3:
+            raise BlockSwapError(f"a ranking study needs at least 3 candidates, got {self.candidates}")
+        self.proxies = list(self.proxies)
+        if not self.proxies:
+            raise BlockSwapError("name at least one proxy")
+        if len(set(self.proxies)) != len(self.proxies):
+            raise BlockSwapError(f"a proxy is named twice in {self.proxies}")
+        for name in self.proxies:
+            parse_proxy(name)
+        if self.average is not None:
+            if self.inits == 1:
+                raise BlockSwapError("--average names proxies averaged over --inits initialisations: give --inits 2 "
+                                     "or more")
+            self.average = list(self.average)
+            wrong = [n for n in self.average if n not in self.proxies or parse_proxy(n)[1] or n in _AT_INIT_ONLY]
+            if wrong:
+                raise BlockSwapError(f"--average takes at-initialisation proxies of --proxies that depend on the "
+                                     f"weights; not {', '.join(wrong)}")
+        self.train_seeds = list(self.train_seeds)
+        if not self.train_seeds or len(set(self.train_seeds)) != len(self.train_seeds):
+            raise BlockSwapError(f"training seeds must be distinct and at least one, got {self.train_seeds}")
+        get_backbone(self.model)
+        self.train_config(Genotype.uniform(get_backbone(self.model)), self.train_seeds[0]).validate()
+
+    def train_config(self, genotype: Genotype, seed: int) -> TrainConfig:
+        """The training run of one candidate for one seed."""
+        return TrainConfig(genotype=genotype.to_dict(), data_dir=self.data_dir, epochs=self.epochs,
+                           batch_size=self.batch_size, lr=self.lr, schedule=self.schedule, teacher=self.teacher,
+                           train_subset=self.train_subset, test_subset=self.test_subset, seed=seed)
+
+    def columns(self) -> list[str]:
+        """The proxy columns of results.csv: every proxy, then the averaged at-initialisation ones."""
+        return self.proxies + [f"{name}.mean{self.inits}" for name in self.averaged()]
+
+    def averaged(self) -> list[str]:
+        """The proxies averaged over `inits` initialisations (the at-initialisation ones that depend on weights)."""
+        if self.inits == 1:
+            return []
+        if self.average is not None:
+            return list(self.average)
+        return [n for n in self.proxies if parse_proxy(n)[1] == 0 and n not in _AT_INIT_ONLY]
+
+    def genotypes(self) -> list[Genotype]:
+        return sample_genotypes(get_backbone(self.model), self.budget, self.candidates, self.tolerance, self.seed)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> StudyConfig:
+        return from_record(cls, data, "study config")
+
+
+def require_extra() -> None:
+    """Refuse to start a study without scipy and matplotlib (the `study` extra), not hours later at the report."""
+    import importlib.util
+
+    missing = [m for m in ("scipy", "matplotlib") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise BlockSwapError(f"the ranking study needs {' and '.join(missing)}: pip install 'blockswap[study]'")
+
+
+def candidate_dir(out: Path, index: int) -> Path:
+    return out / "candidates" / f"{index:04d}"
+
+
+def candidate_done(config: StudyConfig, out: Path, index: int) -> bool:
+    folder = candidate_dir(out, index)
+    return (folder / "scores.json").exists() and all(run_finished(folder / f"seed-{s}") for s in config.train_seeds)
+
+
+def run_finished(run: Path) -> bool:
+    """Whether a candidate's training run is over: finished (final.json) or diverged (failed.json)."""
+    return (run / "final.json").exists() or (run / "failed.json").exists()
+
+
+def final_error(run: Path) -> float:
+    """A training run's final test error; NaN for a run that diverged (its failed.json says why)."""
+    if (run / "failed.json").exists():
+        return math.nan
+    return float(read_json(run / "final.json", "training result")["test_error_pct"])

@@ -1,0 +1,285 @@
+"""A finished study's results: results.csv, study.json, report.md and proxies.png (`write_report`), and
+the section 4.3 table of the best-by-proxy of n samples (`study_samples`).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import shlex
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..util.counts import format_count
+from ..util.errors import BlockSwapError
+from ..util.options import comma_separated, command_args
+from ..util.rundir import atomic_file, read_json, write_json_atomic, write_text_atomic
+from .config import StudyConfig, candidate_dir, candidate_done, final_error, require_extra
+
+__all__ = ["write_report", "read_results", "study_samples", "parse_sizes"]
+
+
+def _results(out: Path, config: StudyConfig) -> list[dict[str, Any]]:
+    """One row per candidate from its folder: genotype, counts, proxies, errors per seed and their mean."""
+    rows = []
+    columns = config.columns()
+    for i, g in enumerate(config.genotypes()):
+        folder = candidate_dir(out, i)
+        if not candidate_done(config, out, i):
+            raise BlockSwapError(f"candidate {i} is not finished ({folder}); rerun the study to complete it")
+        scores = read_json(folder / "scores.json", "candidate's scores")["scores"]
+        row: dict[str, Any] = {"index": i, "genotype": " ".join(g.blocks), "params": g.params(), "macs": g.macs()}
+        for name in columns:
+            if name not in scores:
+                raise BlockSwapError(f"{folder / 'scores.json'} has no {name!r}; delete it to score again")
+            value = scores[name]["score"]
+            row[name] = math.nan if value is None else float(value)
+        errors = [final_error(folder / f"seed-{s}") for s in config.train_seeds]
+        for s, e in zip(config.train_seeds, errors):
+            row[f"test_error_pct_seed{s}"] = e
+        row["test_error_pct"] = float(np.mean(errors))
+        rows.append(row)
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    lines = [",".join(rows[0])]
+    lines += [",".join(repr(v) if isinstance(v, float) else str(v) for v in row.values()) for row in rows]
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def read_results(out: str | Path) -> list[dict[str, Any]]:
+    """The rows of a study's results.csv (numbers as floats, genotype as text)."""
+    path = Path(out) / "results.csv"
+    if not path.is_file():
+        raise BlockSwapError(f"{path} not found: run `blockswap study rank` into {out} first")
+    with path.open(newline="") as f:
+        return [{k: v if k == "genotype" else float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def write_report(out_dir: str | Path, resamples: int = 2000) -> dict[str, Any]:
+    """results.csv, study.json, report.md and proxies.png of a finished study folder."""
+    from .ranking import rank_stats  # scipy: the `study` extra
+
+    out = Path(out_dir)
+    config = StudyConfig.from_dict(read_json(out / "config.json", "study config"))
+    rows = _results(out, config)
+    _write_csv(out / "results.csv", rows)
+    error = np.array([r["test_error_pct"] for r in rows])
+    if np.isfinite(error).sum() < 3:
+        raise BlockSwapError(f"only {np.isfinite(error).sum()} of {len(rows)} candidates trained without diverging; "
+                             "a ranking needs 3 or more (see failed.json in the candidate folders)")
+    per_proxy = {name: rank_stats(np.array([r[name] for r in rows]), error, resamples, config.seed)
+                 for name in config.columns()}
+    ceiling = None
+    if len(config.train_seeds) >= 2:
+        a, b = (np.array([r[f"test_error_pct_seed{s}"] for r in rows]) for s in config.train_seeds[:2])
+        stats = rank_stats(-a, b, resamples, config.seed)  # -a: "higher predicts better", so rho is positive
+        r, k = -stats["spearman"], len(config.train_seeds)
+        reliability = k * r / (1 + (k - 1) * r) if r > 0 else math.nan  # Spearman-Brown: the mean of k seeds' errors
+        runs = np.array([[row[f"test_error_pct_seed{s}"] for s in config.train_seeds] for row in rows])
+        runs = runs[np.isfinite(runs).all(1)]
+        means = runs.mean(1)  # one-way ICC(1): the share of one run's error variance that is the candidate's own
+        between, within = k * means.var(ddof=1), ((runs - means[:, None]) ** 2).sum() / (len(runs) * (k - 1))
+        ceiling = {"seeds": config.train_seeds[:2], "candidate_share": (between - within) / (between + (k - 1) * within),
+                   "seed_sd_pct": math.sqrt(within), "spearman": r,
+                   "spearman_low": -stats["spearman_high"], "spearman_high": -stats["spearman_low"],
+                   "kendall": -stats["kendall"], "mean_reliability": reliability,
+                   "max_abs_spearman": math.sqrt(reliability) if reliability == reliability else math.nan}
+    seconds = [read_json(candidate_dir(out, i) / "scores.json", "candidate's scores")["seconds"] for i in range(len(rows))]
+    cost = {name: float(np.mean([s.get(name, 0.0) for s in seconds])) for name in {k for s in seconds for k in s}}
+    trained = error[np.isfinite(error)]
+    command = shlex.join(["blockswap", "study", "rank", *command_args(config), "--out", str(out)])
+    report = {"config": asdict(config), "command": command, "candidates": len(rows), "diverged": int(len(error) - len(trained)),
+              "proxies": per_proxy, "noise_ceiling": ceiling, "proxy_seconds_per_candidate": cost,
+              "error_pct": {"best": float(trained.min()), "median": float(np.median(trained)),
+                            "mean": float(trained.mean()), "worst": float(trained.max())}}
+    write_json_atomic(out / "study.json", json_safe(report))
+    write_text_atomic(out / "report.md", _markdown(report))
+    _plot_proxies(out / "proxies.png", rows, config, per_proxy)
+    return report
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with NaN and infinities as null, so study.json is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _fmt(x: float, digits: int = 2) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    c, proxies = report["config"], report["proxies"]
+    order = sorted(proxies, key=lambda n: (math.inf if not math.isfinite(proxies[n]["spearman"])
+                                           else proxies[n]["spearman"]))
+    lines = [
+        f"# Ranking study: {c['model']} at {format_count(c['budget'])} parameters, {report['candidates']} candidates",
+        "",
+        "Made by:",
+        "",
+        "```bash",
+        report["command"],
+        "```",
+        "",
+        f"Each candidate trained {c['epochs']} epochs ({c['schedule']}, lr {c['lr']}, batch {c['batch_size']}, "
+        f"train subset {c['train_subset'] or 'all'}, test subset {c['test_subset'] or 'all'}, "
+        f"{'attention transfer from ' + c['teacher'] if c['teacher'] else 'cross-entropy only'}), "
+        f"training seeds {', '.join(map(str, c['train_seeds']))}; the error is the final test error "
+        "(mean over seeds). Spearman and Kendall are with error: negative means a higher proxy value "
+        "goes with a lower error. Intervals: 95% bootstrap (percentile).",
+        "",
+        "| proxy | Spearman [95% CI] | Kendall [95% CI] | top-1 err % | top-5 err % | top-1 in best decile | s/cand |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    cost = report["proxy_seconds_per_candidate"]
+    for n in order:
+        s = proxies[n]
+        lines.append(f"| {n} | {_fmt(s['spearman'])} [{_fmt(s['spearman_low'])}, {_fmt(s['spearman_high'])}] | "
+                     f"{_fmt(s['kendall'])} [{_fmt(s['kendall_low'])}, {_fmt(s['kendall_high'])}] | "
+                     f"{_fmt(s['top1_error_pct'])} | {_fmt(s['top5_error_pct'])} | "
+                     f"{_fmt(100 * s['top1_in_best_decile'], 0)}% | {_fmt(cost.get(n, math.nan))} |")
+    e = report["error_pct"]
+    lines += ["", f"Pool: best {_fmt(e['best'])}%, median {_fmt(e['median'])}%, mean (a random pick) "
+              f"{_fmt(e['mean'])}%, worst {_fmt(e['worst'])}%."]
+    ceiling = report["noise_ceiling"]
+    if ceiling:
+        lines += ["", f"Noise ceiling: the errors of training seeds {ceiling['seeds'][0]} and {ceiling['seeds'][1]} "
+                  f"rank the pool with Spearman {_fmt(ceiling['spearman'])} [{_fmt(ceiling['spearman_low'])}, "
+                  f"{_fmt(ceiling['spearman_high'])}]; the candidate accounts for "
+                  f"{_fmt(100 * max(0.0, ceiling['candidate_share']), 0)}% of the variance of one run's error "
+                  f"(one-way ICC {_fmt(ceiling['candidate_share'])}), the training seed for the rest (SD "
+                  f"{_fmt(ceiling['seed_sd_pct'])} points)."]
+        if math.isfinite(ceiling["mean_reliability"]):
+            lines[-1] += (f" The target, the mean of the seeds' errors, is then about "
+                          f"{_fmt(ceiling['mean_reliability'])} reliable (Spearman-Brown), so even a perfect proxy "
+                          f"would show a Spearman of only about -{_fmt(ceiling['max_abs_spearman'])} with it.")
+        else:
+            lines[-1] += (" The seeds do not rank the candidates alike, so the target holds no ranking for a proxy "
+                          "to find: train longer before comparing proxies.")
+    if report["diverged"]:
+        lines += ["", f"{report['diverged']} candidate(s) diverged in training (failed.json in their folder): "
+                  "left out of every statistic."]
+    if "training steps" in cost:
+        lines += ["", f"The SGD steps behind the NAME@K proxies took {_fmt(cost['training steps'])} s per candidate "
+                  "(the s/cand column counts only the measurement)."]
+    lines += ["", "![each proxy against error](proxies.png)", ""]
+    return "\n".join(lines)
+
+
+def _save_png(fig: Any, path: Path, top: float = 1.0) -> None:
+    """Lay out (below `top`, leaving room for a suptitle), write the figure as PNG atomically, free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout(rect=(0, 0, 1, top))
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+
+
+def _plot_proxies(path: Path, rows: list[dict[str, Any]], config: StudyConfig, stats: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    names = config.columns()
+    cols = min(4, len(names))
+    nrows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 2.9 * nrows), squeeze=False)
+    error = np.array([r["test_error_pct"] for r in rows])
+    for ax, name in zip(axes.flat, names):
+        x = np.array([r[name] for r in rows])
+        positive = bool(np.all(x[np.isfinite(x)] > 0)) and np.nanmax(x) / max(np.nanmin(x), 1e-300) > 100
+        ax.scatter(x, error, s=12, alpha=0.8)
+        if positive:
+            ax.set_xscale("log")
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(4))
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4), useOffset=False)
+        ax.set_title(f"{name}  rho={_fmt(stats[name]['spearman'])}", fontsize=9)
+        ax.set_xlabel(name, fontsize=8)
+        ax.set_ylabel("test error %", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle(f"{config.model} at {format_count(config.budget)}: proxy against final test error "
+                 f"({len(rows)} candidates)", fontsize=10)
+    _save_png(fig, path, top=1 - 0.35 / fig.get_figheight())
+
+
+def study_samples(out_dir: str | Path, sizes: list[int] | None = None, proxies: list[str] | None = None,
+                  resamples: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+    """Expected error of the best-by-proxy of n samples for several n, from a finished study; writes samples.csv/png.
+
+    Rows: one per (proxy, n), plus the random pick (the pool's mean) and the
+    oracle (the best error among n) as references.
+    """
+    require_extra()
+    from .ranking import best_of_curve
+
+    out = Path(out_dir)
+    rows = [r for r in read_results(out) if math.isfinite(r["test_error_pct"])]  # diverged candidates: no error
+    pool = len(rows)
+    if pool < 2:
+        raise BlockSwapError(f"{out / 'results.csv'} has {pool} candidate(s) with a test error; need 2 or more")
+    error = np.array([r["test_error_pct"] for r in rows])
+    names = proxies or StudyConfig.from_dict(read_json(out / "config.json", "study config")).columns()
+    for name in names:
+        if name not in rows[0]:
+            raise BlockSwapError(f"{out / 'results.csv'} has no proxy {name!r}; it has "
+                                 f"{', '.join(k for k in rows[0] if k not in ('index', 'genotype'))}")
+    if sizes is None:
+        sizes = sorted({n for n in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000) if n <= pool} | {pool})
+    bad = [n for n in sizes if not 1 <= n <= pool]
+    if bad:
+        raise BlockSwapError(f"sample sizes must be in [1, {pool}] (the pool), got {bad}")
+    table: list[dict[str, Any]] = []
+    for name in names:
+        curve = best_of_curve(np.array([r[name] for r in rows]), error, sizes, resamples, seed)
+        table += [{"proxy": name, **row, "random_error_pct": float(error.mean())} for row in curve]
+    _write_csv(out / "samples.csv", table)
+    _plot_samples(out / "samples.png", table, names, sizes, float(error.mean()), pool)
+    return table
+
+
+def _plot_samples(path: Path, table: list[dict[str, Any]], names: list[str], sizes: list[int], random: float,
+                  pool: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    colors, styles = plt.get_cmap("tab10").colors, ("-", "--", "-.", ":")
+    for i, name in enumerate(names):
+        rows = [r for r in table if r["proxy"] == name]
+        ax.plot(sizes, [r["expected_error_pct"] for r in rows], marker="o", ms=3, lw=1.2, label=name,
+                color=colors[i % len(colors)], ls=styles[i // len(colors) % len(styles)])
+    oracle = [r["oracle_error_pct"] for r in table if r["proxy"] == names[0]]
+    ax.plot(sizes, oracle, "k", lw=2, label="oracle (best of n)")
+    ax.axhline(random, color="grey", lw=2, ls=":", label="random pick")
+    ax.set_xscale("log")
+    ax.set_xlabel("candidates sampled (n)")
+    ax.set_ylabel("expected test error of the pick (%)")
+    ax.set_title(f"Best-by-proxy of n samples from a pool of {pool}")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _save_png(fig, path)
+
+
+def parse_sizes(text: str) -> list[int]:
+    """'1,5,10' -> [1, 5, 10]."""
+    parts = comma_separated(text)
+    if not parts or not all(p.isdigit() for p in parts):
+        raise BlockSwapError(f"sample sizes must be whole numbers separated by commas, got {text!r}")
+    return [int(p) for p in parts]

@@ -1,0 +1,1 @@
+"""Weight files: checkpoint I/O, ResNet layouts read from weights, and teachers resolved from files or names."""
