@@ -233,7 +233,7 @@ CASES: list[tuple[str, list[str], str, list[str], list[str]]] = [
     ("cutout-huge", [*STUDENT, *GENOTYPE, "--no-teacher", "--cutout", "100", "--out", "{new}"], "cutout must be",
      [], ["{new}"]),
     ("momentum-nan", [*STUDENT, *GENOTYPE, "--no-teacher", "--momentum", "nan", "--out", "{new}"],
-     "momentum and weight decay", [], ["{new}"]),
+     "momentum must be non-negative", [], ["{new}"]),
     ("lr-zero", [*STUDENT, *GENOTYPE, "--no-teacher", "--lr", "0", "--out", "{new}"], "lr must be positive", [],
      ["{new}"]),
     ("epochs-fraction", [*STUDENT, *GENOTYPE, "--no-teacher", "--epochs", "1.5", "--out", "{new}"],

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from blockswap.space.blocks import DEFAULT_PALETTE, PALETTE_NAMES, BlockType, ConvSpec, Palette
 from blockswap.space.backbones import Backbone
+from blockswap.space.blocks import DEFAULT_PALETTE, PALETTE_NAMES, BlockType, ConvSpec, Palette
 
 PUBLISHED = [
     "Conv", "DConvA2", "DConvA4", "DConvA8", "DConvA16", "DConvG2", "DConvG4", "DConvG8", "DConvG16", "DConv",

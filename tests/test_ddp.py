@@ -14,11 +14,11 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from blockswap import Backbone, Genotype
-from blockswap.weights.checkpoint import read_checkpoint
+from blockswap.deploy.evaluate import EvalConfig, evaluate_checkpoint
 from blockswap.train.distill import DistillConfig
-from blockswap.util.distributed import setup_distributed
-from blockswap.deploy.evaluate import evaluate_checkpoint
 from blockswap.train.training import TapsModule, TrainConfig, forward_loss, train
+from blockswap.util.distributed import setup_distributed
+from blockswap.weights.checkpoint import read_checkpoint
 
 WORLD = 2
 GLOBAL_BATCH = 8
@@ -104,8 +104,8 @@ def test_torchrun_style_training_writes_one_run(cifar_root: Path, tmp_path: Path
     (row,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert row["test_error_pct"] == final["test_error_pct"]
     # the test shards were scored with rank 0's BN statistics, i.e. by the network last.pt holds
-    report = evaluate_checkpoint(tmp_path / "run" / "last.pt", cifar_root, torch.device("cpu"), "fp32",
-                                 test_subset=100, min_time=0.01)
+    report = evaluate_checkpoint(EvalConfig(checkpoint=tmp_path / "run" / "last.pt", data_dir=cifar_root,
+                                            precision="fp32", test_subset=100, min_time=0.01), torch.device("cpu"))
     assert report.test_error_pct == final["test_error_pct"]
     assert report.test_loss == pytest.approx(final["test_loss"], rel=1e-5)
     a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD))

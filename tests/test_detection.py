@@ -18,8 +18,8 @@ tv = pytest.importorskip("torchvision")
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 
-from blockswap.space.backbones import Backbone
 from blockswap.deploy.detection import backbone_with_fpn, mask_rcnn
+from blockswap.space.backbones import Backbone
 from blockswap.space.genotype import Genotype
 
 LOSSES = {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}

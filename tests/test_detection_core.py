@@ -17,8 +17,8 @@ import torch
 import blockswap
 from blockswap.deploy import detection
 from blockswap.space.backbones import Backbone
-from blockswap.util.errors import BlockSwapError
 from blockswap.space.genotype import Genotype
+from blockswap.util.errors import BlockSwapError
 
 INSTALL = "pip install 'blockswap\\[detection\\]'"
 
@@ -40,7 +40,7 @@ def one_line(error: pytest.ExceptionInfo[BlockSwapError]) -> bool:
 
 
 def test_importing_the_module_needs_no_torchvision(no_torchvision: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(blockswap, "detection", detection)  # put back afterwards, as the entry below is
+    monkeypatch.setattr(blockswap.deploy, "detection", detection)  # put back afterwards, as the entry below is
     monkeypatch.delitem(sys.modules, "blockswap.deploy.detection")
     module = importlib.import_module("blockswap.deploy.detection")
     assert module is not detection and callable(module.mask_rcnn) and callable(module.backbone_with_fpn)

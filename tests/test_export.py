@@ -12,15 +12,15 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from blockswap.cli import build_parser, main
+from blockswap.deploy.export import export_checkpoint, export_network
 from blockswap.space.backbones import Backbone, get_backbone
 from blockswap.space.blocks import PALETTE_NAMES
-from blockswap.weights.teachers import load_network
-from blockswap.weights.checkpoint import save_atomic
-from blockswap.cli import build_parser, main
-from blockswap.util.errors import BlockSwapError
-from blockswap.deploy.export import export_checkpoint, export_network
 from blockswap.space.genotype import Genotype
 from blockswap.space.networks import BlockNetwork
+from blockswap.util.errors import BlockSwapError
+from blockswap.weights.checkpoint import save_atomic
+from blockswap.weights.teachers import load_network
 
 # torch marks TorchScript deprecated; exporting to it is what is tested here.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:DeprecationWarning")

@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import FOLDER_CLASSES, FOLDER_IMAGES
 from PIL import Image
 
 from blockswap import Backbone
 from blockswap.cli import main
-from blockswap.data.cifar import DataError
 from blockswap.data import load_split, probe_images
+from blockswap.data.cifar import DataError
 from blockswap.data.imagefolder import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -26,7 +27,6 @@ from blockswap.data.imagefolder import (
     open_image_folder,
     random_resized_box,
 )
-from conftest import FOLDER_CLASSES, FOLDER_IMAGES
 
 
 def _copy(src: Path, tmp_path: Path) -> Path:

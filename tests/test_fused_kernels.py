@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from blockswap.scoring.fused import kernels as cpu_kernels
 from blockswap.scoring.fisher import fisher_from_probes
+from blockswap.scoring.fused import kernels as cpu_kernels
 
 CL = torch.channels_last
 

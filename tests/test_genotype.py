@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from blockswap.space.genotype import Genotype, GenotypeError, load_genotype
 from blockswap.space.backbones import Backbone, get_backbone, models_with_blocks, register_backbone
+from blockswap.space.genotype import Genotype, GenotypeError, load_genotype
 from blockswap.util.errors import BlockSwapError
 
 STUDENT_400K = ("Conv DConvG16 DConv DConvA2 ConvB2 DConvA8 DConvG2 DConvG16 DConvA8 DConvA16 DConvG8 DConvA4 "
@@ -84,7 +84,7 @@ def test_multi_row_csv_picks_row(tmp_path: Path) -> None:
         ({"family": "wrn", "depth": 40, "width": 2, "blocks": ["Conv"] * 17},
          "has 18 blocks but the genotype lists 17"),
         ({"family": "wrn", "depth": 40, "width": 2, "blocks": ["Conv"] * 17 + ["Conv9"]},
-         "position 17: unknown block type 'Conv9'; registered: Conv, DConvA2"),
+         "position 17: unknown block type 'Conv9'; valid choices: Conv, DConvA2"),
         ({"family": "wrn", "depth": 40, "blocks": "Conv"}, "must be a list"),
         ({"family": "vgg", "depth": 16, "blocks": []}, "valid choices: wrn, resnet"),
         ({"depth": 40, "blocks": []}, "missing field\\(s\\): model"),
@@ -216,7 +216,7 @@ def test_users_registered_models_are_suggested(monkeypatch: pytest.MonkeyPatch, 
 
     from blockswap.space import backbones
 
-    monkeypatch.setattr(backbones, "_REGISTRY", dict(backbones._REGISTRY))  # registrations end with the test
+    monkeypatch.setattr(backbones, "_REGISTRY", backbones._REGISTRY.copy())  # registrations end with the test
     resnet34 = get_backbone("resnet34")
     register_backbone("my-net")(lambda: replace(resnet34, name="my-net"))
 

@@ -11,10 +11,10 @@ import torch
 
 import blockswap.space.latency as latency
 from blockswap import Backbone, Genotype
-from blockswap.space.blocks import block_type
 from blockswap.cli import main
-from blockswap.util.errors import BlockSwapError
+from blockswap.space.blocks import block_type
 from blockswap.space.latency import LatencyTable, check_latency_table, latency_table, measure_latency_table, parse_ms
+from blockswap.util.errors import BlockSwapError
 
 CPU = torch.device("cpu")
 # Widths 8/16/32: DConvG16 and G16B2 cannot be built at 8 channels, so the table must leave those cells empty.

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from blockswap.space.blocks import DEFAULT_PALETTE
-from blockswap.util.errors import BlockSwapError
-from blockswap.space.genotype import Genotype
 from blockswap.space.backbones import Backbone
+from blockswap.space.blocks import DEFAULT_PALETTE
+from blockswap.space.genotype import Genotype
 from blockswap.space.networks import build_network
+from blockswap.util.errors import BlockSwapError
 
 STUDENT_400K = ("Conv DConvG16 DConv DConvA2 ConvB2 DConvA8 DConvG2 DConvG16 DConvA8 DConvA16 DConvG8 DConvA4 "
                 "DConvG4 DConvG4 A4B2 DConvG8 DConvG8 G16B2").split()

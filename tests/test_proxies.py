@@ -22,14 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import blockswap as bs
-from blockswap.space.blocks import block_type
 from blockswap.cli import main
-from blockswap.util.errors import BlockSwapError
 from blockswap.scoring.proxies import PROXIES
+from blockswap.scoring.scorer import Score, average_scores
 from blockswap.scoring.trained import RecipeSteps
-from blockswap.scoring.scorer import average_scores
-from blockswap.scoring.scorer import Score
 from blockswap.search.pool import build_candidate, score_genotype
+from blockswap.space.blocks import block_type
+from blockswap.util.errors import BlockSwapError
 
 LAYERS = (nn.Conv2d, nn.Linear)
 WRN = bs.Genotype(bs.get_backbone("wrn-10-1"), ("Conv", "G4B2", "DConv"))
@@ -366,14 +365,47 @@ def test_no_proxy_changes_the_weights_mode_or_gradient_flags(name: str, probe) -
     assert score.per_block == () or len(score.per_block) == 3
 
 
-def test_every_proxy_is_registered_with_an_averaging_rule() -> None:
+def test_every_proxy_is_registered_with_its_info() -> None:
     names = bs.scorer_names()
     for name in PROXIES:
         assert name in names
-    assert {n for n in PROXIES if n != "trained" and not bs.make_scorer(n).log_average} == {
-        "grasp", "naswot", "jacob_cov", "accuracy"}
-    assert bs.make_scorer("trained", {"proxy": "naswot", "steps": 1}).log_average is False
-    assert bs.make_scorer("trained", {"proxy": "snip", "steps": 1}).log_average is True
+        assert bs.scorer_info(bs.make_scorer(name)) == bs.scorer_info(name)  # a built scorer is known by its class
+    assert {n for n in PROXIES if not bs.scorer_info(n).log_average} == {"grasp", "naswot", "jacob_cov", "accuracy"}
+    assert {n for n in PROXIES if not bs.scorer_info(n).needs_weights} == {"params", "macs"}
+    assert {n for n in PROXIES if not bs.scorer_info(n).needs_data} == {"synflow", "l2", "params", "macs"}
+    assert bs.scorer_info(bs.make_scorer("trained", {"proxy": "naswot", "steps": 1})).log_average is False
+    assert bs.scorer_info(bs.make_scorer("trained", {"proxy": "snip", "steps": 1})).log_average is True
+
+
+def test_declared_independence_holds(probe) -> None:
+    """A proxy that says it needs no data scores other images alike; one that needs no weights, other weights."""
+    x, y = probe
+    other = (torch.randn_like(x), (y + 1) % 10)
+    for name in PROXIES:
+        info, scorer = bs.scorer_info(name), bs.make_scorer(name)
+        torch.manual_seed(0)
+        net = WRN.build()
+        if not info.needs_data:
+            assert scorer(net, probe) == scorer(net, other), name
+        if not info.needs_weights:
+            torch.manual_seed(1)
+            assert scorer(net, probe) == scorer(WRN.build(), probe), name
+
+
+def test_a_signed_plugin_declares_its_averaging_at_registration(probe) -> None:
+    """A plugin of negative values that declares log_average=False averages to their mean, not NaN."""
+
+    class NegativeL2:
+        def __call__(self, model, batch):  # type: ignore[no-untyped-def]
+            return bs.Score(-bs.make_scorer("l2")(model, batch).total, ())
+
+    if "test-negative-l2" not in bs.scorer_names():
+        bs.register_scorer("test-negative-l2", log_average=False, needs_data=False)(NegativeL2)
+    scorer = bs.make_scorer("test-negative-l2")
+    assert bs.scorer_info(scorer) == bs.ScorerInfo(log_average=False, needs_weights=True, needs_data=False)
+    draws = [scorer(build_candidate(WRN, 3, 5, draw), probe).total for draw in range(3)]
+    averaged = score_genotype(WRN, 5, 3, probe, scorer, inits=3)
+    assert averaged.total == pytest.approx(sum(draws) / 3, rel=1e-12) and averaged.total < 0
 
 
 # ---------------------------------------------------------------- training steps
@@ -494,7 +526,7 @@ def test_score_genotype_averages_over_draws(name: str, probe) -> None:
     assert len({d.total for d in draws}) == 3  # the draws are different initialisations
     averaged = score_genotype(WRN, index, seed, probe, scorer, inits=3)
     totals = np.array([d.total for d in draws])
-    if scorer.log_average:
+    if bs.scorer_info(name).log_average:
         expected_total = float(np.exp(np.log(totals).mean()))
         expected_blocks = np.exp(np.log(np.array([d.per_block for d in draws])).mean(0))
     else:

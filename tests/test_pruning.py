@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+import blockswap as bs
 from blockswap import Backbone, Genotype
-from blockswap.weights.checkpoint import read_checkpoint
 from blockswap.cli import main
-from blockswap.util.errors import BlockSwapError
-from blockswap.train.pruning import Pruner, magnitude_scores, nonzero_params, prunable_weights, snip_scores
+from blockswap.scoring.importance import MagnitudeImportance, SnipImportance
+from blockswap.train.pruning import PRUNE_IMPORTANCE, PRUNE_METHODS, Pruner, nonzero_params, prunable_weights
 from blockswap.train.training import TrainConfig, train
+from blockswap.util.errors import BlockSwapError
+from blockswap.weights.checkpoint import read_checkpoint
 
 WRN10 = Genotype.uniform(Backbone.from_name("wrn-10-1"))  # 77,850 parameters, 490 of them BN and bias
 
@@ -35,7 +37,7 @@ def test_nonzero_params_counts_dense_parameters_in_full() -> None:
 @pytest.mark.parametrize("budget", [5_000, 40_000, 77_000])
 def test_magnitude_pruning_hits_the_budget_exactly(budget: int) -> None:
     model = _fresh()
-    pruner = Pruner.to_budget(model, magnitude_scores(model), budget)
+    pruner = Pruner.to_budget(model, MagnitudeImportance(), budget)
     assert nonzero_params(model) == budget
     kept, pruned = [], []
     original = _fresh()
@@ -45,14 +47,36 @@ def test_magnitude_pruning_hits_the_budget_exactly(budget: int) -> None:
     assert torch.cat(kept).min() >= torch.cat(pruned).max()  # the largest magnitudes survive, network-wide
 
 
-def test_snip_scores_are_weight_times_gradient() -> None:
-    model = _fresh()
+def test_snip_importance_is_weight_times_gradient_and_keeps_the_model_state() -> None:
+    model = _fresh().eval()
+    model.fc.bias.requires_grad_(False)
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
-    scores = snip_scores(model, x, y)
+    scores = SnipImportance()(model, (x, y))
+    assert not model.training and not model.fc.bias.requires_grad and model.fc.weight.grad is None
+    model.train()
     torch.nn.functional.cross_entropy(model(x), y).backward()
     assert torch.allclose(scores["fc.weight"], (model.fc.weight * model.fc.weight.grad).abs())
-    Pruner.to_budget(model, scores, 30_000)
+    model.zero_grad(set_to_none=True)
+    Pruner.to_budget(model, SnipImportance(), 30_000, (x, y))
     assert nonzero_params(model) == 30_000
+    with pytest.raises(BlockSwapError, match="needs a batch"):
+        Pruner.to_budget(_fresh(), SnipImportance(), 30_000)
+
+
+def test_the_snip_proxy_sums_the_pruning_importance_exactly() -> None:
+    """One SNIP: the proxy's total is the sum of the importance pruning ranks by, to the last bit."""
+    model = _fresh()
+    batch = (torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
+    scores = SnipImportance()(model, batch)
+    assert list(scores) == list(prunable_weights(model))
+    total = sum(s.sum().item() for s in scores.values())
+    assert bs.make_scorer("snip")(model, batch).total == total
+
+
+def test_each_pruning_method_names_its_importance() -> None:
+    assert PRUNE_METHODS == ("l1", "snip")
+    assert PRUNE_IMPORTANCE["l1"].trained and not PRUNE_IMPORTANCE["l1"].needs_data
+    assert PRUNE_IMPORTANCE["snip"].needs_data and not PRUNE_IMPORTANCE["snip"].trained
 
 
 def test_budget_outside_the_prunable_range_is_an_error() -> None:
@@ -61,7 +85,7 @@ def test_budget_outside_the_prunable_range_is_an_error() -> None:
     assert dense == 490
     for budget in (dense, WRN10.params()):
         with pytest.raises(BlockSwapError, match="must lie between"):
-            Pruner.to_budget(model, magnitude_scores(model), budget)
+            Pruner.to_budget(model, MagnitudeImportance(), budget)
 
 
 def test_snip_masks_stay_zero_through_training(cifar_root: Path, tmp_path: Path) -> None:

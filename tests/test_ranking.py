@@ -10,7 +10,16 @@ import pytest
 
 stats = pytest.importorskip("scipy.stats")
 
-from blockswap.study.ranking import _kendall, _spearman, best_of_curve, expected_best_of, rank_stats, tie_means  # noqa: E402
+from blockswap.study.ranking import (  # noqa: E402
+    _kendall,
+    _spearman,
+    best_of_curve,
+    expected_best_of,
+    icc,
+    noise_ceiling,
+    rank_stats,
+    tie_means,
+)
 
 RNG = np.random.default_rng(7)
 SCORE = RNG.normal(size=25)
@@ -102,3 +111,29 @@ def test_best_of_curve_ends_at_the_pool_pick_and_starts_at_random() -> None:
 def test_tie_means_share_the_error_of_equal_scores() -> None:
     out = tie_means(np.array([1.0, 2.0, 1.0]), np.array([3.0, 5.0, 7.0]))
     assert out.tolist() == [5.0, 5.0, 5.0]
+
+
+def test_icc_is_one_way_anova_icc1() -> None:
+    """ICC(1) from its textbook mean squares: (MSB - MSW) / (MSB + (k - 1) MSW)."""
+    runs = np.random.default_rng(0).normal(size=(9, 3)) + np.arange(9)[:, None] * 0.5
+    n, k = runs.shape
+    msb = k * ((runs.mean(1) - runs.mean()) ** 2).sum() / (n - 1)
+    msw = ((runs - runs.mean(1, keepdims=True)) ** 2).sum() / (n * (k - 1))
+    assert icc(runs) == pytest.approx((msb - msw) / (msb + (k - 1) * msw))
+
+
+def test_noise_ceiling_of_seeds_that_agree_and_of_pure_noise() -> None:
+    rng = np.random.default_rng(0)
+    quality = np.linspace(40, 60, 20)
+    agree = noise_ceiling(np.stack([quality + rng.normal(0, 0.1, 20), quality + rng.normal(0, 0.1, 20)], 1))
+    assert agree["spearman"] > 0.99 and agree["candidate_share"] > 0.99 and agree["candidate_share_low"] > 0.95
+    assert agree["seed_sd_pct"] == pytest.approx(0.1, rel=0.5)
+    noise = noise_ceiling(rng.normal(50, 1, (20, 2)))
+    assert noise["candidate_share_low"] < 0 < noise["candidate_share_high"]
+    assert noise["spearman_low"] < noise["spearman"] < noise["spearman_high"]
+
+
+def test_noise_ceiling_leaves_out_diverged_runs_and_needs_three_candidates() -> None:
+    runs = np.array([[40.0, 41.0], [45.0, 46.0], [math.nan, 50.0], [50.0, 49.0]])
+    assert noise_ceiling(runs)["n"] == 3
+    assert math.isnan(noise_ceiling(runs[:2])["candidate_share"])

@@ -14,7 +14,10 @@ import pytest
 import torch
 
 import blockswap as bs
+from blockswap.space import backbones
 from blockswap.util.errors import BlockSwapError
+from blockswap.util.plugins import load_plugin, loaded_plugins
+from blockswap.util.registry import Registry
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,14 +103,75 @@ def test_user_block_type_and_scorer_through_every_command(tmp_path: Path, cifar_
     assert report["blocks"] == ["Conv3x1"] * 3 and report["test_error_pct"] == final["test_error_pct"]
 
 
-def test_duplicate_registrations_are_refused() -> None:
+def test_a_loaded_plugin_is_recorded_once_by_its_full_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker processes import the recorded plugins, wherever they start: a file is recorded by its full path."""
+    (tmp_path / "recorded_plugin.py").write_text("LOADED = True\n")
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        load_plugin("recorded_plugin.py")
+    assert loaded_plugins().count(str((tmp_path / "recorded_plugin.py").resolve())) == 1
+    assert "recorded_plugin.py" not in loaded_plugins()
+    with pytest.raises(BlockSwapError, match="plugin file not found"):
+        load_plugin("missing_plugin.py")
+    assert not [spec for spec in loaded_plugins() if spec.endswith("missing_plugin.py")]
+
+
+def test_duplicate_registrations_follow_one_rule() -> None:
+    """In all three registries the same entry again is a no-op (a plugin imported twice) and another is refused."""
+    with pytest.raises(BlockSwapError, match="a different scorer named 'fast' is already registered"):
+        bs.register_scorer("fast")(bs.FisherScorer)
     with pytest.raises(BlockSwapError, match="already registered"):
-        bs.register_scorer("fast")(bs.FastFisherScorer)
-    with pytest.raises(BlockSwapError, match="already registered"):
+        bs.register_scorer("fast", log_average=False)(bs.FastFisherScorer)  # the same factory, another declaration
+    bs.register_scorer("fast")(bs.FastFisherScorer)
+    assert bs.scorer_info("fast") == bs.ScorerInfo()
+    with pytest.raises(BlockSwapError, match="a different block type named 'Conv' is already registered"):
         bs.register_block_type(bs.BlockType("Conv", "S", lambda a, b, s: [bs.ConvSpec(a, b, 5, s)]))
-    bs.register_block_type(bs.block_type("Conv"))  # the same type again is a no-op
-    with pytest.raises(BlockSwapError, match="already registered"):
+    bs.register_block_type(bs.block_type("Conv"))
+    with pytest.raises(BlockSwapError, match="a different model named 'wrn-{depth}-{width}' is already registered"):
         bs.register_backbone("wrn-{depth}-{width}")(lambda depth, width: bs.get_backbone("wrn-16-1"))
+    wrn = next(e.factory for e in backbones._REGISTRY.values() if e.template == "wrn-{depth}-{width}")
+    bs.register_backbone("wrn-{depth}-{width}", "WideResNet, depth 6n+4, e.g. wrn-40-2, wrn-16-1")(wrn)
+    assert bs.get_backbone("wrn-16-1").num_blocks == 6
+
+
+@pytest.mark.parametrize("register", [
+    lambda name: bs.register_scorer(name),
+    lambda name: bs.register_block_type(bs.BlockType(name, "user", lambda a, b, s: [bs.ConvSpec(a, b, 3, s)])),
+    lambda name: bs.register_backbone(name),
+])
+@pytest.mark.parametrize("name", ["", "two words", "a/b", 7])
+def test_one_name_rule_for_every_registry(register, name: object) -> None:
+    with pytest.raises(BlockSwapError, match="may hold"):
+        register(name)
+
+
+def test_registry_lists_choices_and_copies_independently() -> None:
+    table: Registry[int] = Registry("widget", "plugins may add more")
+    table.add("a", 1)
+    table.add("b", 2, help="the second")
+    assert table["b"] == 2 and "a" in table and "c" not in table and ["x"] not in table and table.get("c") is None
+    with pytest.raises(BlockSwapError, match=r"^unknown widget 'c'; valid choices: a, b \(the second\) "
+                                             r"\(plugins may add more\)$"):
+        table["c"]
+    copy = table.copy()
+    copy.add("c", 3)
+    assert list(copy) == ["a", "b", "c"] and list(table) == ["a", "b"]
+    templates: Registry[int] = Registry("model", templates=True)
+    templates.add("net-{depth}", 1)
+    for bad in ("Net-{depth}", "net-{Depth}", "net {depth}"):
+        with pytest.raises(BlockSwapError, match="lower-case"):
+            templates.add(bad, 1)
+
+
+def test_a_one_argument_plugin_scorer_gets_the_documented_defaults() -> None:
+    class Plain:
+        def __call__(self, model, batch):  # type: ignore[no-untyped-def]
+            return bs.Score(1.0, ())
+
+    if "test-plain" not in bs.scorer_names():
+        bs.register_scorer("test-plain")(Plain)
+    assert bs.scorer_info("test-plain") == bs.ScorerInfo(log_average=True, needs_weights=True, needs_data=True)
+    assert bs.scorer_info(bs.make_scorer("test-plain")) == bs.scorer_info("test-plain")
 
 
 def test_make_scorer_names_choices_and_bad_settings() -> None:

@@ -10,10 +10,15 @@ import torch
 from torch import Tensor, nn
 
 from blockswap.space.backbones import get_backbone
-from blockswap.util.errors import BlockSwapError
 from blockswap.space.genotype import Genotype
 from blockswap.space.networks import build_network
-from blockswap.weights.resnet_import import backbone_from_module, backbone_from_state_dict, is_weight_file, normalize_state_dict
+from blockswap.util.errors import BlockSwapError
+from blockswap.weights.resnet_import import (
+    backbone_from_module,
+    backbone_from_state_dict,
+    is_weight_file,
+    normalize_state_dict,
+)
 from blockswap.weights.teachers import load_resnet
 
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from blockswap.space.blocks import DEFAULT_PALETTE
-from blockswap.util.counts import BudgetError, parse_budget
-from blockswap.space.sampling import CostTable, sample_genotypes, uniform_genotypes
 from blockswap.space.backbones import Backbone
+from blockswap.space.blocks import DEFAULT_PALETTE
+from blockswap.space.sampling import CostTable, sample_genotypes, uniform_genotypes
+from blockswap.util.counts import BudgetError, parse_budget
 
 WRN = Backbone.from_name("wrn-40-2")
 

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockswap.space.genotype import Genotype
-from blockswap.space.backbones import Backbone
-from blockswap.space.networks import PostActBlock, PreActBlock
 from blockswap.scoring.fisher import FisherScorer, fisher_from_probes
-from blockswap.scoring.scorer import Score, make_scorer
+from blockswap.scoring.scorer import Score, make_scorer, model_state
+from blockswap.space.backbones import Backbone
+from blockswap.space.genotype import Genotype
+from blockswap.space.networks import PostActBlock, PreActBlock
 
 
 class ChannelMask(nn.Module):
@@ -98,3 +98,17 @@ def test_scoring_uses_batch_statistics() -> None:
 def test_unknown_scorer_lists_choices() -> None:
     with pytest.raises(ValueError, match="valid choices: reference"):
         make_scorer("magic")
+
+
+def test_model_state_sets_then_restores_mode_and_flags_even_on_error() -> None:
+    net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)).eval()
+    net[1].bias.requires_grad_(False)
+    with model_state(net, True, frozen=True):
+        assert net.training and net[1].training
+        assert not any(p.requires_grad for p in net.parameters())
+    assert not net.training and not net[1].training
+    assert [p.requires_grad for p in net.parameters()] == [True, True, True, False]
+    with pytest.raises(RuntimeError, match="inside"), model_state(net, True):
+        assert net.training and net[0].weight.requires_grad
+        raise RuntimeError("inside")
+    assert not net.training and [p.requires_grad for p in net.parameters()] == [True, True, True, False]

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from blockswap.util.errors import BlockSwapError
 from blockswap.search.candidates import Candidate
-from blockswap.search.run import SearchConfig, run_search
 from blockswap.search.pool import build_candidate
+from blockswap.search.run import SearchConfig, run_search
+from blockswap.util.errors import BlockSwapError
 
 CONFIG = SearchConfig(budget=40_000, model="wrn-10-1", samples=6, batch_size=16, seed=3)
 
@@ -76,8 +76,8 @@ def test_resume_refuses_a_different_search(tmp_path: Path) -> None:
 
 
 def test_candidate_weights_depend_on_seed_and_index_only() -> None:
-    from blockswap.space.genotype import Genotype
     from blockswap.space.backbones import Backbone
+    from blockswap.space.genotype import Genotype
 
     g = Genotype.uniform(Backbone.from_name("wrn-10-1"), "G4B2")
     a, b, c = build_candidate(g, 0, 5), build_candidate(g, 0, 5), build_candidate(g, 0, 6)
@@ -248,3 +248,14 @@ def test_a_search_needs_a_budget() -> None:
         SearchConfig(budget_macs="lots")
     with pytest.raises(BlockSwapError, match="latency_threads"):
         SearchConfig(budget=40_000, latency_threads=0)
+
+
+def test_search_json_records_the_palette_names_and_an_old_null_palette_resumes(tmp_path: Path) -> None:
+    from blockswap.space.blocks import PALETTE_NAMES
+
+    run_search(CONFIG, tmp_path, progress=False)
+    recorded = json.loads((tmp_path / "search.json").read_text())
+    assert recorded["palette"] == list(PALETTE_NAMES) and len(PALETTE_NAMES) == 23
+    recorded["palette"] = None  # as versions before the names were recorded wrote it
+    (tmp_path / "search.json").write_text(json.dumps(recorded))
+    assert run_search(CONFIG, tmp_path, progress=False).scored_now == 0

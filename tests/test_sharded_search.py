@@ -94,6 +94,13 @@ def test_torchrun_two_ranks_resume_and_merge_to_the_single_process_rows(single: 
     header, rows = lines[0], {int(line.split(",")[0]): line for line in lines[1:]}
     (out / "candidates.csv").write_text(f"{header}\n{rows[0]}\n")
     (out / "candidates.rank1.csv").write_text(f"{header}\n{rows[1]}\n{rows[3]}\n")  # as a rank writes it
+    done = _torchrun(out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"scored 3 new of {CONFIG['samples']} candidates" in done.stdout
+    assert done.stdout.count("best: #") == 1  # only rank 0 reports
+    assert (out / "candidates.csv").read_bytes() == (single / "candidates.csv").read_bytes()
+    assert (out / "best.json").read_bytes() == (single / "best.json").read_bytes()
+    assert not list(out.glob("candidates.rank*.csv"))
 
 
 def test_a_cut_rank_leaves_a_part_file_that_resumes(single: Path, tmp_path: Path) -> None:
@@ -137,15 +144,9 @@ def test_cli_defaults_to_the_fast_scorer_and_takes_workers() -> None:
         build_parser().parse_args(["search", "--budget", "400k", "--out", "x", "--workers", "0"])
 
 
-def test_fast_rows_are_the_same_bytes_for_any_world_size(tmp_path: Path) -> None:
-    bs.run_search(bs.SearchConfig(**CONFIG), tmp_path / "one", progress=False, workers=2)
-    done = _torchrun(tmp_path / "two", "--workers", "1", scorer="fast")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "two" / "candidates.csv").read_bytes() == (tmp_path / "one" / "candidates.csv").read_bytes()
-    assert (tmp_path / "two" / "best.json").read_bytes() == (tmp_path / "one" / "best.json").read_bytes()
-
-
 def test_screened_rows_are_the_same_bytes_for_workers_and_ranks(tmp_path: Path) -> None:
+    """The fast scorer's screened rows: one process, a worker pool and two torchrun ranks write the same bytes (one
+    launch serves both stages; the unscreened ranks are checked by the resume test above)."""
     screened = {**CONFIG, "screen": True, "rescore_fraction": 0.5}
     bs.run_search(bs.SearchConfig(**screened), tmp_path / "one", progress=False, workers=1)
     bs.run_search(bs.SearchConfig(**screened), tmp_path / "pool", progress=False, workers=2)
@@ -154,5 +155,6 @@ def test_screened_rows_are_the_same_bytes_for_workers_and_ranks(tmp_path: Path) 
     one = (tmp_path / "one" / "candidates.csv").read_bytes()
     assert (tmp_path / "pool" / "candidates.csv").read_bytes() == one
     assert (tmp_path / "two" / "candidates.csv").read_bytes() == one
+    assert (tmp_path / "two" / "best.json").read_bytes() == (tmp_path / "one" / "best.json").read_bytes()
     rows = _rows(tmp_path / "one" / "candidates.csv")
     assert all(r["screen_score"] for r in rows) and sum(bool(r["score"]) for r in rows) == 3

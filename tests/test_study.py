@@ -14,11 +14,11 @@ import pytest
 pytest.importorskip("scipy")
 pytest.importorskip("matplotlib")
 
-from blockswap import study as study_module  # noqa: E402
-from blockswap.util.errors import BlockSwapError  # noqa: E402
+from blockswap.study import run as study_module  # noqa: E402
 from blockswap.study.config import StudyConfig, parse_proxy
 from blockswap.study.report import read_results, study_samples
 from blockswap.study.run import run_study
+from blockswap.util.errors import BlockSwapError  # noqa: E402
 
 
 def _config(cifar_root: Path, **changes: object) -> StudyConfig:
@@ -249,6 +249,27 @@ def test_ctrl_c_stops_a_study_with_workers_at_once_and_it_resumes(cifar_root: Pa
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert len(read_results(out)) == 4
+
+
+def test_a_plugin_proxy_reaches_the_study_workers(cifar_root: Path, tmp_path: Path) -> None:
+    """A scorer registered by a $BLOCKSWAP_PLUGINS file (made by a factory function: nothing to pickle) is a proxy of
+    a study whose candidates train in two worker processes."""
+    import os
+
+    from test_workers import CLOSURE_PLUGIN, REPO
+
+    (tmp_path / "study_plugin.py").write_text(CLOSURE_PLUGIN.format(suffix=""))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1",
+           "BLOCKSWAP_PLUGINS": str(tmp_path / "study_plugin.py")}
+    argv = [sys.executable, "-m", "blockswap", "study", "rank", "--model", "wrn-10-1", "--budget", "40k",
+            "--candidates", "3", "--proxies", "weight-count,params", "--batch-size", "32", "--epochs", "1",
+            "--train-subset", "64", "--test-subset", "32", "--data-dir", str(cifar_root), "--workers", "2",
+            "--quiet", "--out", str(tmp_path / "s")]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = read_results(tmp_path / "s")
+    assert len(rows) == 3 and all(r["weight-count"] == r["params"] for r in rows)
+    assert all(np.isfinite(r["test_error_pct"]) for r in rows)
 
 
 def test_torchrun_ranks_share_the_candidates_and_rank_0_reports(finished: Path, cifar_root: Path,

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from blockswap import Backbone, Genotype
-from blockswap.weights.checkpoint import CheckpointError, read_checkpoint
 from blockswap.cli import main
 from blockswap.data.cifar import DataError, augment, load_cifar10
-from blockswap.util.errors import BlockSwapError
 from blockswap.train.training import TrainConfig, TrainingError, epoch_order, make_scheduler, train
+from blockswap.util.errors import BlockSwapError
+from blockswap.weights.checkpoint import CheckpointError, read_checkpoint
 
 WRN10 = Backbone.from_name("wrn-10-1")
 
@@ -50,7 +50,7 @@ def test_student_with_teacher_reduces_train_loss(cifar_root: Path, tiny_teacher:
 def test_output_files(cifar_root: Path, tiny_teacher: Path) -> None:
     out = tiny_teacher  # a finished teacher run from conftest
     config = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
-    assert config.genotype == Genotype.uniform(WRN10).to_dict() and config.train_subset == 256
+    assert config.genotype == Genotype.uniform(WRN10) and config.train_subset == 256
     (row,) = _rows(out)
     assert set(row) >= {"epoch", "lr", "train_loss", "train_error_pct", "test_loss", "test_error_pct", "seconds"}
     assert row["lr"] == 0.1 and row["train_kd"] == 0.0 and row["train_at"] == 0.0
@@ -65,8 +65,9 @@ def test_output_files(cifar_root: Path, tiny_teacher: Path) -> None:
     assert not list(out.glob("*.tmp"))
 
 
-def test_resume_ends_with_the_same_weights(cifar_root: Path, tmp_path: Path) -> None:
-    config = _config(cifar_root, schedule="cosine")
+@pytest.mark.parametrize("schedule", ["cosine", "cosine-steps"])
+def test_resume_ends_with_the_same_weights(cifar_root: Path, tmp_path: Path, schedule: str) -> None:
+    config = _config(cifar_root, schedule=schedule)
     whole = train(config, tmp_path / "whole", progress=False)
 
     def kill_after_first(row: dict, _net: torch.nn.Module) -> None:
@@ -88,7 +89,9 @@ def test_resume_ends_with_the_same_weights(cifar_root: Path, tmp_path: Path) -> 
     assert resumed["test_error_pct"] == whole["test_error_pct"]
     rows_a, rows_b = _rows(tmp_path / "whole"), _rows(tmp_path / "split")
     assert [r["train_loss"] for r in rows_a] == [r["train_loss"] for r in rows_b]
-    assert [r["lr"] for r in rows_b] == [0.1, 0.05]  # the cosine schedule continued, not restarted
+    assert [r["lr"] for r in rows_b] == pytest.approx([0.1, 0.05])  # the schedule continued, not restarted
+    steps = 2 * 128 // 32 if schedule == "cosine-steps" else 2  # a per-step schedule counts SGD steps
+    assert read_checkpoint(tmp_path / "split" / "checkpoint.pt")["scheduler"]["last_epoch"] == steps
 
 
 def test_resume_refuses_changed_settings(cifar_root: Path, tmp_path: Path) -> None:
@@ -183,7 +186,7 @@ def _comparable(out: Path) -> dict[str, object]:
 
 def test_a_kill_between_any_two_writes_resumes_to_the_same_files(cifar_root: Path, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    import blockswap.train.training as training
+    from blockswap.train import training  # `blockswap.train` as an attribute is the function, not the package
 
     config = _config(cifar_root, epochs=2, batch_size=64, train_subset=512, test_subset=200, precision="fp32",
                      lr=0.05, seed=1)
@@ -239,6 +242,18 @@ def test_step_schedule_divides_by_five_at_30_60_80_percent() -> None:
     assert lrs[59] == pytest.approx(0.1) and lrs[60] == pytest.approx(0.02)
     assert lrs[119] == pytest.approx(0.02) and lrs[120] == pytest.approx(0.004)
     assert lrs[160] == pytest.approx(0.0008) and math.isclose(lrs[-1], 0.0008)
+
+
+def test_cosine_steps_anneals_to_zero_within_a_short_run() -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = make_scheduler(opt, "cosine-steps", 2, 4)
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.05 * (1 + math.cos(math.pi * t / 8)) for t in range(8)])
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_under_torchrun_train_needs_a_group_unless_told_to_run_alone(cifar_root: Path, tmp_path: Path,

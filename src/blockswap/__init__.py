@@ -8,10 +8,21 @@ are how a user extends the tool without editing it.
 from .data import load_split
 from .data.cifar import DataError, ImageSet, augment, load_cifar10, load_embedded_sample, normalize
 from .data.imagefolder import FolderSplit, open_image_folder
-from .deploy.evaluate import EvalReport, evaluate_checkpoint
+from .deploy.evaluate import EvalConfig, EvalReport, evaluate_checkpoint
 from .deploy.export import ExportReport, export_checkpoint, export_network
 from .scoring.fisher import FastFisherScorer, FisherScorer
-from .scoring.scorer import Score, Scorer, average_scores, make_scorer, register_scorer, scorer_names
+from .scoring.importance import Importance, MagnitudeImportance, SnipImportance
+from .scoring.scorer import (
+    Score,
+    Scorer,
+    ScorerInfo,
+    average_scores,
+    make_scorer,
+    model_state,
+    register_scorer,
+    scorer_info,
+    scorer_names,
+)
 from .scoring.trained import RecipeSteps, TrainedScorer
 from .search.candidates import Candidate, read_candidates
 from .search.run import SearchConfig, SearchResult, run_search
@@ -37,6 +48,7 @@ from .train.training import RECIPES, DivergedError, TrainConfig, TrainingError, 
 from .util.counts import BudgetError, format_count, parse_budget
 from .util.distributed import Distributed, setup_distributed
 from .util.errors import BlockSwapError
+from .util.recipe import Recipe
 from .weights.checkpoint import CheckpointError
 from .weights.resnet_import import backbone_from_module, backbone_from_state_dict, is_weight_file, normalize_state_dict
 from .weights.teachers import genotype_of_weights, load_network, load_resnet, model_backbone
@@ -59,9 +71,11 @@ __all__ = [
     "DataError",
     "DistillConfig",
     "Distributed",
+    "EvalConfig",
     "EvalReport",
     "FastFisherScorer",
     "FisherScorer",
+    "Recipe",
     "RecipeSteps",
     "TrainedScorer",
     "average_scores",
@@ -72,6 +86,12 @@ __all__ = [
     "Pruner",
     "Score",
     "Scorer",
+    "ScorerInfo",
+    "Importance",
+    "MagnitudeImportance",
+    "SnipImportance",
+    "model_state",
+    "scorer_info",
     "SearchConfig",
     "SearchResult",
     "Taps",

@@ -11,7 +11,6 @@ and exit code 2, never a traceback: `--debug` (or BLOCKSWAP_DEBUG=1) shows one.
 from __future__ import annotations
 
 import argparse
-import importlib
 import inspect
 import json
 import os
@@ -25,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .deploy.evaluate import evaluate_checkpoint
+from .deploy.evaluate import EvalConfig, evaluate_checkpoint
 from .deploy.export import FORMATS, export_checkpoint
 from .search.run import SearchConfig, run_search
 from .space.backbones import get_backbone
@@ -38,12 +37,12 @@ from .study.report import parse_sizes, study_samples
 from .study.run import run_study
 from .train.baselines import student_genotype
 from .train.pruning import PRUNE_METHODS
-from .train.training import RECIPES, TrainConfig, train
+from .train.training import RECIPES, TrainConfig, recipe_defaults, train
 from .util.counts import format_count, parse_budget
 from .util.distributed import setup_distributed
 from .util.errors import BlockSwapError
-from .util.options import add_options, argparse_type, comma_separated, values
-from .util.precision import PRECISIONS
+from .util.options import add_options, argparse_type, comma_separated, positive_seconds, values
+from .util.plugins import PLUGINS_ENV, env_plugins, load_plugin
 from .util.system import usable_cores
 from .weights.checkpoint import read_checkpoint
 from .weights.resnet_import import is_weight_file
@@ -51,24 +50,7 @@ from .weights.teachers import load_network, model_backbone
 
 __all__ = ["main", "build_parser", "load_plugin"]
 
-PLUGINS_ENV = "BLOCKSWAP_PLUGINS"
 DEBUG_ENV = "BLOCKSWAP_DEBUG"
-
-
-def load_plugin(spec: str) -> None:
-    """Import a module (dotted name, or a .py file whose folder joins sys.path) for what it registers."""
-    path = Path(spec)
-    if spec.endswith(".py"):
-        if not path.is_file():
-            raise BlockSwapError(f"plugin file not found: {spec}")
-        folder = str(path.resolve().parent)
-        if folder not in sys.path:
-            sys.path.insert(0, folder)  # spawned workers inherit sys.path, so they can import it too
-        spec = path.stem
-    try:
-        importlib.import_module(spec)
-    except ImportError as e:
-        raise BlockSwapError(f"cannot import plugin {spec!r}: {e}") from None
 
 
 def _setting(text: str) -> tuple[str, Any]:
@@ -259,7 +241,7 @@ def _add_train(sub: argparse._SubParsersAction, recipe: str) -> None:
     arch.add_argument("--genotype", help="genotype file (.json, or published .csv as WRN-40-2)")
     _add_num_classes(t)
     _add_recipe(t, recipe)
-    add_options(t, TrainConfig, skip=("distill",), defaults=RECIPES[recipe])
+    add_options(t, TrainConfig, skip=("distill",), defaults=recipe_defaults(recipe))
     _add_run_options(t)
     t.set_defaults(func=_cmd_train)
 
@@ -285,7 +267,7 @@ def _add_train(sub: argparse._SubParsersAction, recipe: str) -> None:
                    "checked against the checkpoint, needed only for a bare state dict that is not a BasicBlock ResNet")
     _add_num_classes(s)
     _add_recipe(s, recipe)
-    add_options(s, TrainConfig, defaults=RECIPES[recipe])
+    add_options(s, TrainConfig, defaults=recipe_defaults(recipe))
     _add_run_options(s)
     s.set_defaults(func=_cmd_train)
 
@@ -299,22 +281,39 @@ def _teacher_genotype(args: argparse.Namespace) -> Genotype | None:
     return load_network(args.teacher)[1]
 
 
+def _check_baseline_flags(args: argparse.Namespace, has_teacher: bool) -> None:
+    """Refuse a student the flags do not name, in the flags' words (the library checks again in its own)."""
+    if args.budget is not None and not (args.random or args.prune):
+        raise BlockSwapError("--budget applies to --random and --prune only")
+    if (args.random or args.prune) and args.budget is None:
+        raise BlockSwapError(f"--{'random' if args.random else 'prune'} needs --budget")
+    if args.prune and args.model:
+        raise BlockSwapError("--prune prunes the teacher's own network; --model does not apply")
+    if args.prune and not has_teacher:
+        raise BlockSwapError("--prune prunes the teacher: give --teacher, or --teacher-model with --no-teacher")
+    if not (args.model or has_teacher):
+        raise BlockSwapError("name the student: --genotype FILE, --model NAME, or a teacher to derive it from")
+    if not (args.model or args.all or args.random or args.prune):
+        raise BlockSwapError("name the student: --genotype, --model, --all, --random or --prune")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     if args.kind == "teacher":
         genotype = _resolve_genotype(args.genotype or args.model, None, 0, args.num_classes)
-        config = TrainConfig(genotype=genotype.to_dict(), **values(args, TrainConfig, skip=("distill",)))
+        config = TrainConfig(genotype=genotype, **values(args, TrainConfig, skip=("distill",)))
     else:
         teacher = _teacher_genotype(args)
         if args.genotype:
             genotype = _resolve_genotype(args.genotype, args.model, 0, args.num_classes)
         else:
+            _check_baseline_flags(args, teacher is not None)
             genotype = student_genotype(teacher, model=args.model, all_type=args.all, random=args.random,
                                         prune=args.prune, budget=args.budget, seed=args.seed,
                                         num_classes=args.num_classes)
         config = TrainConfig(
-            genotype=genotype.to_dict(), teacher=args.teacher,
-            teacher_genotype=teacher.to_dict() if args.teacher and (args.teacher_model or "genotype" not in
-                                                                    read_checkpoint(args.teacher)) else None,
+            genotype=genotype, teacher=args.teacher,
+            teacher_genotype=teacher if args.teacher and (args.teacher_model or "genotype" not in
+                                                          read_checkpoint(args.teacher)) else None,
             prune=args.prune, prune_budget=args.budget if args.prune else None, **values(args, TrainConfig))
     config.validate()
     place = setup_distributed(_device(args.device))
@@ -335,66 +334,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-_EVAL_DEFAULTS = {name: p.default for name, p in inspect.signature(evaluate_checkpoint).parameters.items()}
-
-
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="test error, params, MACs and latency of a trained network, as JSON",
                        description="Evaluate a weight file written by `blockswap train` (best.pt, last.pt or "
                        "checkpoint.pt) on the CIFAR-10 test set or an image folder's val/ split and time it on the current device.")
-    p.add_argument("--checkpoint", required=True, help="weight file")
-    p.add_argument("--data-dir", required=True,
-                   help="folder holding cifar-10-batches-py (downloaded there, MD5-checked, if missing), or an image "
-                   "folder (its val/ split is the test set)")
+    add_options(p, EvalConfig)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     _add_loader_workers(p)
-    p.add_argument("--precision", choices=PRECISIONS, default=_EVAL_DEFAULTS["precision"],
-                   help=f"(default: {_EVAL_DEFAULTS['precision']})")
-    p.add_argument("--test-subset", type=_positive_int, default=_EVAL_DEFAULTS["test_subset"],
-                   help="first N test images only")
-    p.add_argument("--latency-batch-sizes", type=argparse_type(_whole_numbers), metavar="N,N",
-                   default=_EVAL_DEFAULTS["latency_batch_sizes"],
-                   help="comma-separated batch sizes the latency is timed at (default: "
-                   f"{','.join(map(str, _EVAL_DEFAULTS['latency_batch_sizes']))})")
-    p.add_argument("--latency-threads", type=argparse_type(_whole_numbers), metavar="N,N", default=None,
-                   help="comma-separated CPU thread counts the latency is timed with (default: the threads torch "
-                   "uses here)")
-    _add_min_time(p)
     p.set_defaults(func=_cmd_eval)
 
 
-def _whole_numbers(text: str) -> list[int]:
-    """`1,8,32` -> [1, 8, 32]: positive whole numbers, comma-separated."""
-    try:
-        values = [int(v) for v in comma_separated(text)]
-    except ValueError:
-        raise BlockSwapError(f"expected comma-separated whole numbers, e.g. 1,8,32; got {text!r}") from None
-    if not values or min(values) < 1:
-        raise BlockSwapError(f"expected positive whole numbers, got {text!r}")
-    return values
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise BlockSwapError(f"expected seconds, e.g. 0.1; got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise BlockSwapError(f"must be a positive number of seconds, got {text!r}")
-    return value
-
-
 def _add_min_time(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--min-time", type=argparse_type(_positive_seconds), default=DEFAULT_MIN_TIME,
+    p.add_argument("--min-time", type=argparse_type(positive_seconds), default=DEFAULT_MIN_TIME,
                    help="seconds each timing runs for after its warm-up; longer is steadier "
                    f"(default: {DEFAULT_MIN_TIME})")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    report = evaluate_checkpoint(args.checkpoint, args.data_dir, _device(args.device), args.precision,
-                                 test_subset=args.test_subset, latency_batch_sizes=args.latency_batch_sizes,
-                                 latency_threads=args.latency_threads, min_time=args.min_time,
-                                 loader_workers=args.loader_workers)
+    config = EvalConfig(**values(args, EvalConfig))
+    report = evaluate_checkpoint(config, _device(args.device), loader_workers=args.loader_workers)
     print(json.dumps(report.to_dict(), indent=2))
     return 0
 
@@ -590,8 +548,7 @@ def _load_plugins(argv: Sequence[str]) -> list[str]:
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--plugin", action="append", default=[])
     known, rest = pre.parse_known_args(argv)
-    env = [p.strip() for p in os.environ.get(PLUGINS_ENV, "").split(",") if p.strip()]
-    for spec in env + known.plugin:
+    for spec in env_plugins() + known.plugin:
         load_plugin(spec)
     return rest
 

@@ -165,7 +165,7 @@ def ensure_cifar10(root: str | Path, download: bool = True) -> Path:
     folder = _folder(root)
     for place in (Path(root), folder):
         if place.exists() and not place.is_dir():
-            raise DataError(f"{place} is a file; --data-dir names a folder holding (or to receive) {_FOLDER}/")
+            raise DataError(f"{place} is a file; CIFAR-10's root is a folder holding (or to receive) {_FOLDER}/")
     if not all((folder / n).is_file() for n in _TRAIN_FILES + _TEST_FILES):
         if not download:
             raise DataError(_missing_message(folder))

@@ -11,8 +11,7 @@ second, each the median over blocks of repeated calls after a warm-up
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -23,11 +22,54 @@ from ..data.imagefolder import check_classes, default_loader_workers
 from ..space.latency import DEFAULT_MIN_TIME, device_name, time_network
 from ..train.pruning import nonzero_params
 from ..train.training import error_sums
-from ..util.errors import BlockSwapError
-from ..util.precision import autocast, resolve_precision
+from ..util.options import (
+    check_fields,
+    each,
+    option,
+    positive,
+    positive_int,
+    positive_seconds,
+    whole_numbers,
+)
+from ..util.precision import PRECISIONS, autocast, resolve_precision
 from ..weights.teachers import load_network
 
-__all__ = ["EvalReport", "latency_rows", "evaluate_checkpoint"]
+__all__ = ["EvalConfig", "EvalReport", "latency_rows", "evaluate_checkpoint"]
+
+_POSITIVE_INTS = each(positive_int, "one or more positive whole numbers")
+
+
+@dataclass
+class EvalConfig:
+    """What `evaluate_checkpoint` measures: the network of a weight file, on which test images, and how it is timed."""
+
+    checkpoint: str = field(metadata=option(
+        "weight file: best.pt, last.pt or checkpoint.pt of `blockswap train`, or a bare BasicBlock ResNet's"))
+    data_dir: str = field(metadata=option(
+        "folder holding cifar-10-batches-py (downloaded there, MD5-checked, if missing), or an image folder (its "
+        "val/ split is the test set)"))
+    precision: str = field(default="auto", metadata=option(
+        "auto: bf16 autocast on CUDA and on CPUs with AVX512-BF16/AMX, else fp32", choices=PRECISIONS))
+    batch_size: int = field(default=500, metadata=option(
+        "test images per forward pass of the error measurement", check=positive_int))
+    test_subset: int | None = field(default=None, metadata=option(
+        "first N test images only", check=positive_int))
+    latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 128], metadata=option(
+        "comma-separated batch sizes the latency is timed at", parse=whole_numbers, metavar="N,N",
+        check=_POSITIVE_INTS))
+    latency_threads: list[int] | None = field(default=None, metadata=option(
+        "comma-separated CPU thread counts the latency is timed with (default: the threads torch uses here)",
+        parse=whole_numbers, metavar="N,N", check=_POSITIVE_INTS))
+    min_time: float = field(default=DEFAULT_MIN_TIME, metadata=option(
+        "seconds each timing runs for after its warm-up; longer is steadier", parse=positive_seconds, check=positive))
+
+    def __post_init__(self) -> None:
+        """Refuse settings that cannot be measured, before any work is done, naming the first bad one."""
+        self.checkpoint, self.data_dir = str(self.checkpoint), str(self.data_dir)
+        check_fields(self)
+        self.latency_batch_sizes = list(self.latency_batch_sizes)
+        if self.latency_threads is not None:
+            self.latency_threads = list(self.latency_threads)
 
 
 @dataclass(frozen=True)
@@ -53,11 +95,9 @@ class EvalReport:
 
 def _check_latency_settings(batch_sizes: Sequence[int], threads: Sequence[int], min_time: float) -> None:
     """Refuse latency settings that cannot be timed, before any work is done."""
-    for what, values in (("batch size", batch_sizes), ("thread count", threads)):
-        if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
-            raise BlockSwapError(f"latency {what}s must be positive whole numbers, got {list(values)!r}")
-    if not (isinstance(min_time, (int, float)) and min_time > 0):
-        raise BlockSwapError(f"the time each latency is measured for must be positive seconds, got {min_time!r}")
+    _POSITIVE_INTS("latency batch sizes", list(batch_sizes))
+    _POSITIVE_INTS("latency thread counts", list(threads))
+    positive("min_time", min_time)
 
 
 def latency_rows(model: nn.Module, device: torch.device, batch_sizes: Sequence[int], threads: Sequence[int],
@@ -79,38 +119,30 @@ def latency_rows(model: nn.Module, device: torch.device, batch_sizes: Sequence[i
     return rows
 
 
-def evaluate_checkpoint(
-    path: str | Path,
-    data_dir: str | Path,
-    device: torch.device,
-    precision: str = "auto",
-    batch_size: int = 500,
-    test_subset: int | None = None,
-    latency_batch_sizes: Sequence[int] = (1, 128),
-    latency_threads: Sequence[int] | None = None,
-    min_time: float = DEFAULT_MIN_TIME,
-    loader_workers: int | None = None,
-) -> EvalReport:
-    """Test error, non-zero parameters, MACs and latency of the network stored in `path`.
+def evaluate_checkpoint(config: EvalConfig, device: torch.device | None = None,
+                        loader_workers: int | None = None) -> EvalReport:
+    """Test error, non-zero parameters, MACs and latency of the network in `config.checkpoint`, on `device`
+    (default: cuda if available).
 
     The test images are CIFAR-10's test set, or the `val/` split of an image
     folder (decoded by `loader_workers` processes, default `default_loader_workers()`).
-    Latency is timed at every batch size of `latency_batch_sizes` with every
-    thread count of `latency_threads` (default: the threads torch uses now).
+    Latency is timed at every batch size of `config.latency_batch_sizes` with every
+    thread count of `config.latency_threads` (default: the threads torch uses now).
     """
-    precision = resolve_precision(precision, device)
-    threads = [torch.get_num_threads()] if latency_threads is None else list(latency_threads)
-    _check_latency_settings(latency_batch_sizes, threads, min_time)
-    model, genotype, _ = load_network(path, map_location="cpu")
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(config.precision, device)
+    threads = [torch.get_num_threads()] if config.latency_threads is None else config.latency_threads
+    model, genotype, _ = load_network(config.checkpoint, map_location="cpu")
     model = model.to(device, memory_format=torch.channels_last).eval()
     workers = default_loader_workers() if loader_workers is None else loader_workers
-    test = load_split(data_dir, False, genotype.backbone.input_size, workers)
-    check_classes(genotype.backbone, test, data_dir)
-    if test_subset is not None:
-        test = test.subset(test_subset)
-    loss, errors, n = error_sums(model, test.to(device), batch_size, precision, channels_last=True).tolist()
+    test = load_split(config.data_dir, False, genotype.backbone.input_size, workers)
+    check_classes(genotype.backbone, test, config.data_dir)
+    if config.test_subset is not None:
+        test = test.subset(config.test_subset)
+    loss, errors, n = error_sums(model, test.to(device), config.batch_size, precision, channels_last=True).tolist()
     return EvalReport(
-        checkpoint=str(path),
+        checkpoint=config.checkpoint,
         model=genotype.backbone.name,
         blocks=list(genotype.blocks),
         test_error_pct=100.0 * errors / n,
@@ -118,7 +150,7 @@ def evaluate_checkpoint(
         test_images=int(n),
         params=nonzero_params(model),
         macs=genotype.macs(),
-        latency=latency_rows(model, device, latency_batch_sizes, threads, precision, min_time),
+        latency=latency_rows(model, device, config.latency_batch_sizes, threads, precision, config.min_time),
         device=str(device),
         device_name=device_name(device),
         precision=precision,

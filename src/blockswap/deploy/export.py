@@ -244,7 +244,7 @@ def export_checkpoint(
 ) -> ExportReport:
     """Export the network of a weight file (student, teacher or bare ResNet state dict) and check its parity.
 
-    The network is loaded with `checkpoint.load_network` on the CPU; the
+    The network is loaded with `weights.teachers.load_network` on the CPU; the
     export sees a batch of 2 images (3 when `batch_size` is 2) of the
     backbone's input size, and the check runs `batch_size` others (see
     `export_network`).

@@ -1,8 +1,8 @@
-"""Scoring candidates at initialisation: Fisher potential (SPEC section 4), and the scorer registry.
+"""Scoring candidates at initialisation: Fisher potential (SPEC section 4).
 
 A scorer maps (model, batch) to a total score and one score per block, so other
 zero-cost proxies can be added without touching the search: register a factory
-with `@register_scorer("name")` and name it in `SearchConfig.scorer` (with its
+with `@register_scorer("name")` (`blockswap.scoring.scorer`) and name it in `SearchConfig.scorer` (with its
 keyword settings in `scorer_settings`). `FisherScorer` ("reference") is the
 straightforward fp32 implementation (Theis et al. 2018 channel saliency, summed
 over channels and blocks): faster scorers are measured against it.
@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..space.networks import BlockNetwork
 from .fused import fisher_potential, fused_batch_norms
-from .scorer import Score, register_scorer
+from .scorer import Score, model_state, register_scorer
 
 __all__ = ["FisherScorer", "FastFisherScorer", "fisher_from_probes"]
 
@@ -40,13 +40,10 @@ class FisherScorer:
     """
 
     name = "reference"
-    log_average = True  # positive: several initialisations average as the mean of the log
 
     def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score:
         x, y = batch
-        was_training = model.training
-        model.train()
-        try:
+        with model_state(model, True):
             model.zero_grad(set_to_none=True)
             taps = model.forward_taps(x)
             for probe in taps.probes:
@@ -55,8 +52,6 @@ class FisherScorer:
             with torch.no_grad():
                 per_block = [fisher_from_probes(p, p.grad).item() for p in taps.probes]
             model.zero_grad(set_to_none=True)
-        finally:
-            model.train(was_training)
         return Score(float(sum(per_block)), tuple(per_block))
 
 
@@ -88,19 +83,13 @@ class FastFisherScorer:
     """
 
     name = "fast"
-    log_average = True
 
     def __init__(self, channels_last: bool = True) -> None:
         self.channels_last = channels_last
 
     def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score:
         x, y = batch
-        was_training = model.training
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        model.train()
-        try:
-            for p in trainable:
-                p.requires_grad_(False)
+        with model_state(model, True, frozen=True):
             nhwc = self.channels_last and x.dim() == 4
             if nhwc:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -112,10 +101,6 @@ class FastFisherScorer:
                 grads = torch.autograd.grad(loss, taps.probes)
             with torch.no_grad():
                 per_block = [_probe_potential(a, g, fuse) for a, g in zip(taps.probes, grads)]
-        finally:
-            for p in trainable:
-                p.requires_grad_(True)
-            model.train(was_training)
         return Score(float(sum(per_block)), tuple(per_block))
 
 

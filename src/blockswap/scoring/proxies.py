@@ -36,17 +36,17 @@ proxy changes the weights it is given.
   (lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, augmented CIFAR-10
   batches drawn from `data_dir`), as in the paper's Table 1 "after k minibatches".
 
-A scorer's `log_average` says how `SearchConfig.inits` averages it over several
-initialisations: the mean of the log (a geometric mean) for positive proxies,
-the plain mean for the signed or already logarithmic ones.
+Each proxy declares its `ScorerInfo` where it is registered: `log_average`
+says how `SearchConfig.inits` averages it over several initialisations (the mean
+of the log, a geometric mean, for positive proxies; the plain mean for the signed
+or already logarithmic ones), `needs_weights` and `needs_data` what it reads.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -57,11 +57,16 @@ from ..space.genotype import Genotype
 from ..space.networks import BlockNetwork
 from ..util.errors import BlockSwapError
 from .fisher import FastFisherScorer, fisher_from_probes
-from .scorer import Score, Scorer, register_scorer
+from .importance import SnipImportance
+from .scorer import Score, Scorer, model_state, register_scorer, scorer_factory
 
-__all__ = ["FisherConvsScorer", "GradNormScorer", "SnipScorer", "GraspScorer", "SynflowScorer", "NaswotScorer", "JacobCovScorer", "L2Scorer", "ParamsScorer", "MacsScorer", "AccuracyScorer", "layer_owners"]
+__all__ = ["FisherConvsScorer", "GradNormScorer", "SnipScorer", "GraspScorer", "SynflowScorer", "NaswotScorer",
+           "JacobCovScorer", "L2Scorer", "ParamsScorer", "MacsScorer", "AccuracyScorer", "layer_owners", "PROXIES"]
 
 JACOB_COV_K = 1e-5  # zero-cost-nas's regulariser of the eigenvalues
+
+
+register_scorer("fisher")(FastFisherScorer)  # the search's default, under the name the study uses
 
 
 def layer_owners(model: BlockNetwork) -> list[tuple[nn.Module, int | None]]:
@@ -85,23 +90,6 @@ def _layer_score(model: BlockNetwork, values: Iterable[float]) -> Score:
     return Score(total, tuple(per_block))
 
 
-@contextmanager
-def _mode(model: nn.Module, training: bool, frozen: bool = False) -> Iterator[None]:
-    """Set train/eval mode (and optionally stop parameter gradients) for the block, then restore both."""
-    was_training = model.training
-    grads = [p.requires_grad for p in model.parameters()]
-    model.train(training)
-    if frozen:
-        for p in model.parameters():
-            p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, g in zip(model.parameters(), grads):
-            p.requires_grad_(g)
-        model.train(was_training)
-
-
 def _weights(model: BlockNetwork) -> list[Tensor]:
     return [m.weight for m, _ in layer_owners(model)]
 
@@ -113,17 +101,16 @@ def _weight_grads(model: BlockNetwork, batch: tuple[Tensor, Tensor], create_grap
     return list(torch.autograd.grad(loss, _weights(model), create_graph=create_graph))
 
 
+@register_scorer("fisher_convs")
 class FisherConvsScorer:
     """Fisher potential summed over the output channels of every conv and linear layer."""
-
-    log_average = True
 
     def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score:
         x, y = batch
         outputs: list[Tensor] = []
         hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for m, _ in layer_owners(model)]
         try:
-            with _mode(model, True, frozen=True):
+            with model_state(model, True, frozen=True):
                 logits = model(x.detach().requires_grad_())
                 grads = torch.autograd.grad(F.cross_entropy(logits, y), outputs)
         finally:
@@ -135,35 +122,30 @@ class FisherConvsScorer:
         return _layer_score(model, values)
 
 
+@register_scorer("grad_norm")
 class GradNormScorer:
     """Sum over conv/linear layers of the L2 norm of the loss gradient of the weight."""
 
-    log_average = True
-
     def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score:
-        with _mode(model, True):
+        with model_state(model, True):
             grads = _weight_grads(model, batch)
         return _layer_score(model, [g.norm().item() for g in grads])
 
 
+@register_scorer("snip")
 class SnipScorer:
     """Sum over conv/linear weights of |w * dL/dw| (connection sensitivity)."""
 
-    log_average = True
-
     def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score:
-        with _mode(model, True):
-            grads = _weight_grads(model, batch)
-        return _layer_score(model, [(w.detach() * g).abs().sum().item() for w, g in zip(_weights(model), grads)])
+        return _layer_score(model, [s.sum().item() for s in SnipImportance()(model, batch).values()])
 
 
+@register_scorer("grasp", log_average=False)
 class GraspScorer:
     """Sum over conv/linear weights of -w * (H g): gradient signal preservation, one Hessian-vector product."""
 
-    log_average = False
-
     def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score:
-        with _mode(model, True):
+        with model_state(model, True):
             weights = _weights(model)
             grads = _weight_grads(model, batch, create_graph=True)
             z = sum((g.detach() * g).sum() for g in grads)
@@ -171,10 +153,9 @@ class GraspScorer:
         return _layer_score(model, [0.0 if h is None else (-w.detach() * h).sum().item() for w, h in zip(weights, hg)])
 
 
+@register_scorer("synflow", needs_data=False)
 class SynflowScorer:
     """Sum over conv/linear weights of |w * dR/dw|, R the summed output of the all-positive network on ones."""
-
-    log_average = True
 
     def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score:
         net = copy.deepcopy(model).double()
@@ -191,10 +172,9 @@ class SynflowScorer:
         return _layer_score(net, [(w.detach() * g).abs().sum().item() for w, g in zip(weights, grads)])
 
 
+@register_scorer("naswot", log_average=False)
 class NaswotScorer:
     """log |det K|, K[i, j] the number of ReLUs on which images i and j agree (both active or both inactive)."""
-
-    log_average = False
 
     def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score:
         x = batch[0]
@@ -212,7 +192,7 @@ class NaswotScorer:
         if not hooks:
             raise BlockSwapError("naswot needs nn.ReLU modules in the network; this one has none")
         try:
-            with _mode(model, True), torch.no_grad():
+            with model_state(model, True), torch.no_grad():
                 model(x)
         finally:
             for h in hooks:
@@ -220,14 +200,13 @@ class NaswotScorer:
         return Score(torch.linalg.slogdet(kernel)[1].item(), ())
 
 
+@register_scorer("jacob_cov", log_average=False)
 class JacobCovScorer:
     """Score of the correlation of per-image input Jacobians: high when images get decorrelated Jacobians."""
 
-    log_average = False
-
     def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score:
         x = batch[0].detach().requires_grad_()
-        with _mode(model, True, frozen=True):
+        with model_state(model, True, frozen=True):
             (jacobian,) = torch.autograd.grad(model(x).sum(), x)
         corr = torch.corrcoef(jacobian.flatten(1).double())
         if not torch.isfinite(corr).all():  # an image with a constant Jacobian: no correlation, as the reference
@@ -236,19 +215,17 @@ class JacobCovScorer:
         return Score(-(torch.log(v + JACOB_COV_K) + 1.0 / (v + JACOB_COV_K)).sum().item(), ())
 
 
+@register_scorer("l2", needs_data=False)
 class L2Scorer:
     """Sum over conv/linear layers of the L2 norm of the weight."""
-
-    log_average = True
 
     def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score:
         return _layer_score(model, [w.detach().norm().item() for w in _weights(model)])
 
 
+@register_scorer("params", needs_weights=False, needs_data=False)
 class ParamsScorer:
     """The network's trainable parameters; per block, its body's (what the budget window spends)."""
-
-    log_average = True
 
     def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score:
         total = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -257,10 +234,9 @@ class ParamsScorer:
         return Score(float(total), tuple(per_block))
 
 
+@register_scorer("macs", needs_weights=False, needs_data=False)
 class MacsScorer:
     """The network's multiply-accumulates per image (closed form, as `Genotype.macs`); per block, its body's."""
-
-    log_average = True
 
     def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score:
         genotype = Genotype(model.backbone, tuple(model.block_names))
@@ -269,31 +245,17 @@ class MacsScorer:
         return Score(float(genotype.macs()), tuple(per_block))
 
 
+@register_scorer("accuracy", log_average=False)
 class AccuracyScorer:
     """The fraction of the batch classified correctly, BN on batch statistics (the paper's "train accuracy")."""
 
-    log_average = False
-
     def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score:
         x, y = batch
-        with _mode(model, True), torch.no_grad():
+        with model_state(model, True), torch.no_grad():
             correct = (model(x).argmax(1) == y).double().mean().item()
         return Score(correct, ())
 
 
-PROXIES: dict[str, Callable[..., Scorer]] = {
-    "fisher": FastFisherScorer,
-    "fisher_convs": FisherConvsScorer,
-    "grad_norm": GradNormScorer,
-    "snip": SnipScorer,
-    "grasp": GraspScorer,
-    "synflow": SynflowScorer,
-    "naswot": NaswotScorer,
-    "jacob_cov": JacobCovScorer,
-    "l2": L2Scorer,
-    "params": ParamsScorer,
-    "macs": MacsScorer,
-    "accuracy": AccuracyScorer,
-}
-for _name, _factory in PROXIES.items():
-    register_scorer(_name)(_factory)
+PROXIES: dict[str, Callable[..., Scorer]] = {name: scorer_factory(name) for name in (
+    "fisher", "fisher_convs", "grad_norm", "snip", "grasp", "synflow", "naswot", "jacob_cov", "l2", "params", "macs",
+    "accuracy")}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
@@ -17,7 +17,9 @@ from ..data import probe_images
 from ..data.cifar import ImageSet, augment
 from ..space.networks import BlockNetwork
 from ..util.errors import BlockSwapError
-from .scorer import Score, make_scorer, register_scorer
+from ..util.options import check_fields, option, positive_int, seed_int
+from ..util.recipe import Recipe
+from .scorer import Score, ScorerInfo, make_scorer, register_scorer, scorer_info
 
 __all__ = ["TrainedScorer", "RecipeSteps"]
 
@@ -31,16 +33,18 @@ def _training_images(data_dir: str | None) -> ImageSet:
     return images
 
 
-@dataclass(frozen=True)
-class RecipeSteps:
-    """The first SGD steps of the training recipe, on seeded augmented batches the same for every network."""
+@dataclass
+class RecipeSteps(Recipe):
+    """The first SGD steps of `Recipe` (its batch size, lr, momentum, weight decay and Cutout; keyword-only), on
+    seeded augmented batches of `data_dir`'s training images, the same for every network."""
 
-    data_dir: str | None = None
-    seed: int = 0
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    data_dir: str | None = field(default=None, metadata=option(
+        "CIFAR-10 folder; None: the embedded 1,000-image sample"))
+    seed: int = field(default=0, metadata=option("fixes the batches and their augmentation", check=seed_int))
+
+    def __post_init__(self) -> None:
+        """Refuse a recipe the steps cannot run, naming the first bad setting."""
+        check_fields(self)
 
     def batches(self, steps: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
         """`steps` augmented batches: consecutive slices of seeded permutations of the training images."""
@@ -54,13 +58,13 @@ class RecipeSteps:
             if step % per_epoch == 0:
                 order = torch.randperm(len(images), generator=g)
             idx = order[(step % per_epoch) * self.batch_size:][: self.batch_size]
-            yield augment(images.images[idx], g).to(device), images.labels[idx].to(device)
+            yield augment(images.images[idx], g, cutout=self.cutout).to(device), images.labels[idx].to(device)
 
     def run(self, model: nn.Module, checkpoints: Iterable[int],
             device: torch.device) -> Iterator[tuple[int, nn.Module]]:
         """Train a copy of `model`, yielding (k, the copy) after k steps for each k of `checkpoints`."""
         wanted = list(checkpoints)
-        if not wanted or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in wanted):
+        if not wanted or not all(positive_int.ok(k) for k in wanted):
             raise BlockSwapError(f"training steps must be positive whole numbers, got {wanted}")
         wanted = sorted(set(wanted))
         net = copy.deepcopy(model).train()
@@ -78,18 +82,18 @@ class RecipeSteps:
 
 
 class TrainedScorer:
-    """`proxy` (a registered scorer name) measured on the probe batch after `steps` SGD steps of the recipe."""
+    """`proxy` (a registered scorer name) measured on the probe batch after `steps` SGD steps of the recipe.
+
+    Several initialisations average as the proxy's do (its `scorer_info`); the steps read training data."""
 
     def __init__(self, proxy: str = "fisher", steps: int = 10, data_dir: str | None = None, seed: int = 0,
                  batch_size: int = 128, lr: float = 0.1) -> None:
         if proxy == "trained":
             raise BlockSwapError("the trained scorer measures another proxy, not itself")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise BlockSwapError(f"steps must be a positive whole number, got {steps!r}")
+        positive_int("steps", steps)
         self.proxy, self.steps = proxy, steps
         self.inner = make_scorer(proxy)
-        self.log_average = getattr(self.inner, "log_average", True)
-        self.recipe = RecipeSteps(data_dir, seed, batch_size, lr)
+        self.recipe = RecipeSteps(data_dir=data_dir, seed=seed, batch_size=batch_size, lr=lr)
 
     def __call__(self, model: BlockNetwork, batch: tuple[Tensor, Tensor]) -> Score:
         for _, trained in self.recipe.run(model, [self.steps], batch[0].device):
@@ -97,4 +101,4 @@ class TrainedScorer:
         raise AssertionError("unreachable: run yields once per checkpoint")
 
 
-register_scorer("trained")(TrainedScorer)
+register_scorer("trained", info_of=lambda scorer: ScorerInfo(scorer_info(scorer.proxy).log_average))(TrainedScorer)

@@ -1,11 +1,10 @@
-"""The scoring worker pool: spawned processes that build and score candidates, started once per search.
+"""Scoring candidates: in the calling process, or in a `blockswap.util.workers.WorkerPool` started once per search.
 
-Each worker receives the probe batch, the search seed, the scorer and the
-user-registered block types once (so a type registered in the parent resolves
-in the child too), then builds and scores one candidate per job. Ctrl-C and
-SIGTERM are the parent's to handle; the workers ignore them, are shut down by
-the parent, and end themselves within a second if the parent dies, whatever
-killed it.
+Each worker receives the probe batch, the search seed and the scorer once, then
+builds and scores one candidate per job. The block types and scorers a plugin
+registers reach the workers by name: every worker imports the plugins and the
+modules that defined the user types the jobs use (`user_modules`), and refuses to
+start, naming the type, when one is still missing.
 
 Every candidate is scored with `SCORING_THREADS` torch threads on the CPU,
 in a worker or in the calling process alike, so its row is the same bytes for
@@ -15,25 +14,24 @@ last digits of a convolution's sums).
 
 from __future__ import annotations
 
-import os
-import pickle
+import functools
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
-import torch.multiprocessing as mp
 from torch import Tensor, nn
 
-from ..scoring.scorer import Score, Scorer, average_scores
-from ..space.blocks import DEFAULT_PALETTE, BlockType, register_block_type, registered_block_types
+from ..scoring.scorer import Score, Scorer, average_scores, make_scorer, scorer_factory, scorer_info, scorer_names
+from ..space.blocks import DEFAULT_PALETTE, registered_block_types
 from ..space.genotype import Genotype
 from ..util.errors import BlockSwapError
-from ..util.system import start_worker
+from ..util.workers import MAKE_IT_A_PLUGIN, WorkerPool
 
-__all__ = ["SCORING_THREADS", "Job", "user_block_types", "candidate_seed", "build_candidate", "score_genotype", "ScoringPool", "Scoring"]
+__all__ = ["SCORING_THREADS", "Job", "candidate_seed", "build_candidate", "score_genotype", "user_modules",
+           "require_registered", "ScorerSpec", "ScoringPool", "Scoring"]
 
 Job = tuple[int, Genotype, int]  # (candidate index, genotype, how many images of the probe batch to score it on)
 
@@ -62,7 +60,57 @@ def score_genotype(genotype: Genotype, index: int, seed: int, batch: tuple[Tenso
     """
     scores = [scorer(build_candidate(genotype, seed, index, draw).to(batch[0].device), batch)
               for draw in range(inits)]
-    return average_scores(scores, getattr(scorer, "log_average", True))
+    return average_scores(scores, scorer_info(scorer).log_average)
+
+
+def _defining_modules(obj: object, seen: set[int]) -> Iterator[str]:
+    """The modules that defined `obj`: its own (a function's) or its class's, and those of the functions and
+    arguments its closure or `functools.partial` holds (a user's `gamma` inside `grouped_chain`, say)."""
+    if id(obj) in seen or obj is None or isinstance(obj, (str, bytes, int, float, bool)):
+        return
+    seen.add(id(obj))
+    yield getattr(obj, "__module__", None) or type(obj).__module__
+    if isinstance(obj, functools.partial):
+        for inner in (obj.func, *obj.args, *obj.keywords.values()):
+            yield from _defining_modules(inner, seen)
+    for cell in getattr(obj, "__closure__", None) or ():
+        try:
+            inner = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        yield from _defining_modules(inner, seen)
+
+
+def user_modules(block_names: Iterable[str] = (), scorers: Iterable[object] = ()) -> list[str]:
+    """The importable modules that defined the user block types among `block_names` and the `scorers` (instances
+    or factories): a worker imports them, so what they register on import resolves there too."""
+    seen: set[int] = set()
+    types = registered_block_types()
+    found = {m for name in set(block_names) if name in types and name not in DEFAULT_PALETTE
+             for part in (types[name], types[name].chain) for m in _defining_modules(part, seen)}
+    found |= {m for scorer in scorers for m in _defining_modules(scorer, seen)}
+    return sorted(m for m in found if m.split(".")[0] not in ("blockswap", "__main__", "__mp_main__", "builtins"))
+
+
+def require_registered(block_names: Iterable[str] = (), scorers: Iterable[str] = ()) -> None:
+    """In a worker: every block type and scorer the jobs name is registered here too; else one BlockSwapError
+    naming the first missing one and the fix."""
+    for name in sorted(set(block_names) - set(registered_block_types())):
+        raise BlockSwapError(f"block type {name!r} is registered in this process but not in its worker processes: "
+                             f"{MAKE_IT_A_PLUGIN}")
+    for name in sorted(set(scorers) - set(scorer_names())):
+        raise BlockSwapError(f"scorer {name!r} is registered in this process but not in its worker processes: "
+                             f"{MAKE_IT_A_PLUGIN}")
+
+
+@dataclass(frozen=True)
+class ScorerSpec:
+    """A registered scorer by name: what `make_scorer` takes. Workers build their own scorer from it, so a
+    plugin's scorer reaches them by name, however its factory makes it."""
+
+    name: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -78,13 +126,16 @@ class _WorkerState:
 _worker: _WorkerState | None = None
 
 
-def _init_worker(batch: tuple[Tensor, Tensor], device: str, seed: int, scorer: Scorer, inits: int,
-                 user_types: list[BlockType], parent: int) -> None:
-    """Runs once in each pool process: register the parent's user block types, keep the shared inputs."""
+def _init_scoring(batch: tuple[Tensor, Tensor], device: str, seed: int, scorer: Scorer | ScorerSpec, inits: int,
+                  block_names: list[str]) -> None:
+    """Runs once in each scoring worker, after the plugins: check the jobs' block types and scorer, build the
+    scorer from its spec, keep the shared inputs."""
     global _worker
-    start_worker(parent, SCORING_THREADS)
-    for block in user_types:
-        register_block_type(block)
+    if isinstance(scorer, ScorerSpec):
+        require_registered(block_names, [scorer.name])
+        scorer = make_scorer(scorer.name, scorer.settings, scorer.context)
+    else:
+        require_registered(block_names)
     _worker = _WorkerState((batch[0].to(device), batch[1].to(device)), seed, scorer, inits)
 
 
@@ -100,53 +151,38 @@ def _score_in_worker(index: int, genotype: Genotype, images: int) -> tuple[int, 
     return index, score_genotype(genotype, index, w.seed, _first(w.batch, images), w.scorer, w.inits)
 
 
-def _picklable(obj: object, what: str) -> object:
-    try:
-        pickle.dumps(obj)
-    except (pickle.PicklingError, AttributeError, TypeError) as e:
-        raise BlockSwapError(f"the {what} cannot be sent to worker processes ({e}); use workers=1") from None
-    return obj
-
-
-def user_block_types(names: set[str]) -> list[BlockType]:
-    """The registered types among `names` that are not published ones: what a fresh process would lack."""
-    return [t for name, t in registered_block_types().items() if name in names and name not in DEFAULT_PALETTE]
-
-
 class ScoringPool:
-    """Spawned worker processes that build and score candidates; started once, reused for many jobs."""
+    """Worker processes that build and score candidates; started once, reused for many jobs.
 
-    def __init__(self, workers: int, batch: tuple[Tensor, Tensor], seed: int, scorer: Scorer,
+    A failed job, Ctrl-C or SIGTERM while in its `with` block stops the running jobs at once (`WorkerPool`).
+    """
+
+    def __init__(self, workers: int, batch: tuple[Tensor, Tensor], seed: int, scorer: Scorer | ScorerSpec,
                  block_types: Iterable[str] = (), inits: int = 1) -> None:
-        """`block_types`: the names the jobs' genotypes use; user-registered ones among them go to every worker."""
-        user_types = _picklable(user_block_types(set(block_types)), "registered block types")
-        self._pool = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=mp.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=((batch[0].cpu(), batch[1].cpu()), str(batch[0].device), seed, _picklable(scorer, "scorer"),
-                      inits, user_types, os.getpid()),
-        )
+        """`scorer`: sent to every worker, or a `ScorerSpec` each worker builds its own from. `block_types`: the
+        names the jobs' genotypes use; every worker imports the modules of the user ones."""
+        names = sorted(set(block_types))
+        factory = scorer_factory(scorer.name) if isinstance(scorer, ScorerSpec) else scorer
+        self._pool = WorkerPool(workers, SCORING_THREADS, _init_scoring,
+                                ((batch[0].cpu(), batch[1].cpu()), str(batch[0].device), seed, scorer, inits, names),
+                                user_modules(names, [factory]))
 
     def score(self, jobs: Iterable[Job]) -> Iterator[tuple[int, Score]]:
         """(index, score) for each (index, genotype, images) job, in completion order."""
-        futures = [self._pool.submit(_score_in_worker, i, g, n) for i, g, n in jobs]
-        try:
-            for future in as_completed(futures):
-                yield future.result()
-        finally:
-            for future in futures:
-                future.cancel()
+        return self._pool.run(_score_in_worker, jobs)
 
-    def close(self) -> None:
-        """Drop queued jobs, wait for running ones, end the workers."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, stop: bool = False) -> None:
+        """End the workers: at once, dropping the running jobs (`stop`), or once the submitted jobs are done."""
+        if stop:
+            self._pool.stop()
+        else:
+            self._pool.close()
 
     def __enter__(self) -> ScoringPool:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        self.close(stop=kind is not None)
 
 
 @contextmanager
@@ -163,12 +199,14 @@ class Scoring:
     """Scores jobs in this process (`workers` 1) or in a `ScoringPool` started on first use and kept until exit.
 
     One pool serves every stage of a search (screening, then re-scoring), so
-    workers start once.
+    workers start once. With a `spec` (how `scorer` was made), each worker builds
+    its own scorer from it instead of receiving `scorer`.
     """
 
     def __init__(self, workers: int, batch: tuple[Tensor, Tensor], seed: int, scorer: Scorer,
-                 block_types: Iterable[str] = (), inits: int = 1) -> None:
+                 block_types: Iterable[str] = (), inits: int = 1, spec: ScorerSpec | None = None) -> None:
         self.workers, self.batch, self.seed, self.scorer, self.inits = workers, batch, seed, scorer, inits
+        self.spec = spec
         self.block_types = set(block_types)
         self._pool: ScoringPool | None = None
 
@@ -181,13 +219,13 @@ class Scoring:
                 yield i, score
             return
         if self._pool is None:
-            self._pool = ScoringPool(min(self.workers, len(jobs)), self.batch, self.seed, self.scorer,
+            self._pool = ScoringPool(min(self.workers, len(jobs)), self.batch, self.seed, self.spec or self.scorer,
                                      self.block_types, self.inits)
         yield from self._pool.score(jobs)
 
     def __enter__(self) -> Scoring:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         if self._pool is not None:
-            self._pool.close()
+            self._pool.close(stop=kind is not None)

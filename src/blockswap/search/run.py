@@ -20,7 +20,6 @@ writes the merged `candidates.csv` and `best.json`.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -38,18 +37,29 @@ from ..data.imagefolder import check_classes
 from ..scoring.proxies import PROXIES  # noqa: F401  (registers the proxies, so a search can name them)
 from ..scoring.scorer import make_scorer, scorer_names
 from ..space.backbones import Backbone
-from ..space.blocks import DEFAULT_PALETTE, Palette, block_type
+from ..space.blocks import DEFAULT_PALETTE, PALETTE_NAMES, Palette, block_type
 from ..space.genotype import Genotype
 from ..space.latency import LatencyTable, latency_table, parse_ms
 from ..space.sampling import DEFAULT_TOLERANCE, sample_genotypes
 from ..util.counts import format_count, parse_budget, parse_count
 from ..util.distributed import on_rank0, rank0_first
 from ..util.errors import BlockSwapError
-from ..util.options import comma_separated, from_record, option, recorded_form
+from ..util.options import (
+    check_fields,
+    comma_separated,
+    fraction,
+    fraction_or_one,
+    from_record,
+    json_object,
+    option,
+    positive_int,
+    recorded_form,
+    seed_int,
+)
 from ..util.rundir import check_recorded, record, write_json_atomic
 from ..weights.teachers import model_backbone
 from .candidates import CSV_FIELDS, Candidate, read_candidates, write_candidates
-from .pool import Job, Scoring
+from .pool import Job, ScorerSpec, Scoring
 
 __all__ = ["SearchConfig", "SearchResult", "run_search", "screen_key", "parse_mac_budget"]
 
@@ -78,19 +88,24 @@ class SearchConfig:
         "latency budget in milliseconds per batch of --latency-batch on the search's --device, as a table of "
         "block timings measured there predicts (blockswap latency; cached, copied to the output folder)",
         parse=parse_ms))
-    latency_batch: int = field(default=1, metadata=option("batch size the latency budget is measured at"))
-    latency_threads: int = field(default=1, metadata=option("CPU threads the latency budget is measured with"))
+    latency_batch: int = field(default=1, metadata=option("batch size the latency budget is measured at",
+                                                          check=positive_int))
+    latency_threads: int = field(default=1, metadata=option("CPU threads the latency budget is measured with",
+                                                            check=positive_int))
     model: str = field(default="wrn-40-2", metadata=option(
         "the teacher whose blocks are swapped: a registered backbone (wrn-D-K, resnet18, resnet34, or a plugin's) "
         "or the user's BasicBlock ResNet weight file (.pt/.pth/.bin/.ckpt; layout read from its shapes)"))
     num_classes: int | None = field(default=None, metadata=option(
-        "classes of the network's head; default: the model's own (10 for wrn-D-K, 1000 for resnet18/34)"))
-    samples: int = field(default=1000, metadata=option("candidates to score; the paper's N"))
-    batch_size: int = field(default=128, metadata=option("probe minibatch size (the training batch, as in the paper)"))
+        "classes of the network's head; default: the model's own (10 for wrn-D-K, 1000 for resnet18/34)",
+        check=positive_int))
+    samples: int = field(default=1000, metadata=option("candidates to score; the paper's N", check=positive_int))
+    batch_size: int = field(default=128, metadata=option("probe minibatch size (the training batch, as in the paper)",
+                                                         check=positive_int))
     tolerance: float = field(default=DEFAULT_TOLERANCE,
                              metadata=option("accept |cost - budget| < tolerance * budget for each budget given (the "
-                                             "published window)"))
-    seed: int = field(default=0, metadata=option("fixes the candidates, their initial weights and the probe batch"))
+                                             "published window)", check=fraction))
+    seed: int = field(default=0, metadata=option("fixes the candidates, their initial weights and the probe batch",
+                                                 check=seed_int))
     data_dir: str | None = field(default=None, metadata=option(
         "CIFAR-10 folder (downloaded there if missing) or an image folder (train/<class>/*, val/<class>/*), probed "
         "at the network's input size; default: the embedded 1,000-image CIFAR-10 sample"))
@@ -99,15 +114,17 @@ class SearchConfig:
         "of the ranking study (blockswap.scoring.proxies; trained takes --scorer-setting proxy=NAME steps=K)",
         choices=scorer_names))
     scorer_settings: dict[str, Any] = field(default_factory=dict, metadata=option(
-        "keyword settings of the scorer, as JSON values", cli=False))
+        "keyword settings of the scorer, as JSON values", cli=False, check=json_object))
     screen: bool = field(default=True, metadata=option(
         "score every candidate on the whole probe batch, as the paper does, instead of screening on a slice first"))
     screen_batch: int = field(default=DEFAULT_SCREEN_BATCH, metadata=option(
-        "screening slice: the first N images of the probe batch (no screening when not smaller than --batch-size)"))
+        "screening slice: the first N images of the probe batch (no screening when not smaller than --batch-size)",
+        check=positive_int))
     rescore_fraction: float = field(default=DEFAULT_RESCORE_FRACTION, metadata=option(
-        "fraction of the candidates, best screened first, re-scored on the whole probe batch"))
+        "fraction of the candidates, best screened first, re-scored on the whole probe batch", check=fraction_or_one))
     inits: int = field(default=1, metadata=option(
-        "initialisations scored per candidate and averaged (mean of the log score for positive scorers)"))
+        "initialisations scored per candidate and averaged (mean of the log score for positive scorers)",
+        check=positive_int))
     palette: list[str] | None = field(default=None, metadata=option(
         "comma-separated block types a slot may take; default: the 23 published types", parse=comma_separated,
         metavar="NAMES"))
@@ -120,30 +137,11 @@ class SearchConfig:
         self.budget = None if self.budget is None else parse_budget(self.budget)
         self.budget_macs = None if self.budget_macs is None else parse_mac_budget(self.budget_macs)
         self.budget_ms = None if self.budget_ms is None else parse_ms(self.budget_ms)
-        if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(
-                self.num_classes, int) or self.num_classes < 1):
-            raise BlockSwapError(f"num_classes must be a positive whole number, got {self.num_classes!r}")
-        for name in ("samples", "batch_size", "inits", "latency_batch", "latency_threads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise BlockSwapError(f"{name} must be a positive whole number, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise BlockSwapError(f"seed must be a whole number in [0, 2**63), got {self.seed!r}")
-        if not isinstance(self.tolerance, (int, float)) or not 0 < self.tolerance < 1:
-            raise BlockSwapError(f"tolerance must be a fraction in (0, 1), got {self.tolerance!r}")
-        if isinstance(self.screen_batch, bool) or not isinstance(self.screen_batch, int) or self.screen_batch < 1:
-            raise BlockSwapError(f"screen_batch must be a positive whole number, got {self.screen_batch!r}")
-        if not isinstance(self.rescore_fraction, (int, float)) or not 0 < self.rescore_fraction <= 1:
-            raise BlockSwapError(f"rescore_fraction must be a fraction in (0, 1], got {self.rescore_fraction!r}")
-        try:
-            json.dumps(self.scorer_settings, allow_nan=False)
-        except (TypeError, ValueError):
-            raise BlockSwapError(f"scorer_settings must be a dict of JSON values, got {self.scorer_settings!r}") from None
-        if not isinstance(self.scorer_settings, dict):
-            raise BlockSwapError(f"scorer_settings must be a dict of JSON values, got {self.scorer_settings!r}")
-        if self.palette is not None:
-            self.palette = list(self.palette)
-            self.palette_types()
+        check_fields(self)
+        # The names are recorded even for the default, so a folder resumes to the palette it was searched with
+        # whatever the default becomes (a folder that recorded null searched the 23 published types).
+        self.palette = list(PALETTE_NAMES if self.palette is None else self.palette)
+        self.palette_types()
         self.backbone()
 
     def budgets(self) -> str:
@@ -378,15 +376,17 @@ def run_search(
     is the paper's pick whenever that candidate survives the screen. Writes
     `best.json` at the end. Rerunning with the same settings and folder
     resumes an interrupted search at either stage. `workers` > 1 scores in
-    that many spawned processes (a user scorer and user block types must then
-    be picklable). With a `torch.distributed` `group`, this rank scores its
-    share (index % size == rank) of each stage and every rank returns the
-    merged result; only group rank 0 writes `candidates.csv` and `best.json`.
+    that many spawned processes, which import the loaded plugins (so a user
+    scorer or block type must be registered when its module is imported).
+    With a `torch.distributed` `group`, this rank scores its share
+    (index % size == rank) of each stage and every rank returns the merged
+    result; only group rank 0 writes `candidates.csv` and `best.json`.
     Rows are the same whichever way the work is split.
     """
     start = time.perf_counter()
-    scorer = make_scorer(config.scorer, config.scorer_settings,
-                         {"data_dir": config.data_dir, "seed": config.seed, "batch_size": config.batch_size})
+    spec = ScorerSpec(config.scorer, config.scorer_settings,
+                      {"data_dir": config.data_dir, "seed": config.seed, "batch_size": config.batch_size})
+    scorer = make_scorer(spec.name, spec.settings, spec.context)
     out = Path(out_dir)
     latency = on_rank0(group, lambda: _latency_table(config, out, torch.device(device), progress))
     genotypes = sample_genotypes(config.backbone(), config.budget, config.samples, config.tolerance, config.seed,
@@ -407,7 +407,7 @@ def run_search(
     stream_path = out / "candidates.csv" if group is None else _part_path(out, rank)
     batch: tuple[Tensor, Tensor] = (x.to(device), y.to(device))
     names = {name for g in genotypes for name in g.blocks}
-    with (Scoring(workers, batch, config.seed, scorer, names, config.inits) as scoring,
+    with (Scoring(workers, batch, config.seed, scorer, names, config.inits, spec) as scoring,
           stream_path.open("a", newline="") as stream):
         if stream.tell() == 0:  # a rank's part file starts with the header, so a cut sharded search reads back
             stream.write(",".join(CSV_FIELDS) + "\n")

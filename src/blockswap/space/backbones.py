@@ -20,6 +20,7 @@ from typing import Any
 from ..util.counts import whole_number
 from ..util.errors import BlockSwapError
 from ..util.options import from_record
+from ..util.registry import Registry
 from .blocks import conv_out_size
 
 __all__ = [
@@ -153,10 +154,9 @@ class _Entry:
     template: str
     pattern: re.Pattern[str]
     factory: BackboneFactory
-    help: str
 
 
-_REGISTRY: dict[str, _Entry] = {}
+_REGISTRY: Registry[_Entry] = Registry("model", templates=True)
 
 
 def _pattern(template: str) -> re.Pattern[str]:
@@ -180,18 +180,13 @@ def register_backbone(template: str, help: str = "") -> Callable[[BackboneFactor
 
     The factory is called with the template's numbers as int keyword arguments
     and returns a `Backbone` (it may raise BlockSwapError for numbers it does not
-    support); the resolved name becomes the backbone's `name`. A template that
-    is already registered is refused.
+    support); the resolved name becomes the backbone's `name`. The same factory
+    again is a no-op; another under a taken template is refused.
     """
-    key = template.strip()
-    if not re.fullmatch(r"([a-z0-9_.-]|\{[a-z_]+\})+", key):
-        raise BlockSwapError(f"backbone name {template!r} may hold lower-case letters, digits, '-', '_', '.' and "
-                             "{placeholders} in lower case")
-    if key in _REGISTRY:
-        raise BlockSwapError(f"a backbone named {template!r} is already registered")
+    key = _REGISTRY.check_name(template.strip() if isinstance(template, str) else template)
 
     def decorate(factory: BackboneFactory) -> BackboneFactory:
-        _REGISTRY[key] = _Entry(key, _pattern(key), factory, help)
+        _REGISTRY.add(key, _Entry(key, _pattern(key), factory), help)
         return factory
 
     return decorate
@@ -199,7 +194,7 @@ def register_backbone(template: str, help: str = "") -> Callable[[BackboneFactor
 
 def backbone_names() -> list[str]:
     """The registered names and templates, with their help where given."""
-    return [f"{e.template} ({e.help})" if e.help else e.template for e in _REGISTRY.values()]
+    return _REGISTRY.choices()
 
 
 def get_backbone(name: str, num_classes: int | None = None) -> Backbone:
@@ -223,7 +218,7 @@ def get_backbone(name: str, num_classes: int | None = None) -> Backbone:
             return backbone if num_classes is None else backbone.with_classes(num_classes)
     if refusal is not None:
         raise refusal
-    raise BlockSwapError(f"unknown model {name!r}; valid choices: {', '.join(backbone_names())}")
+    raise _REGISTRY.unknown(name)
 
 
 def _probe(name: str) -> Backbone | None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..util.errors import BlockSwapError
+from ..util.registry import Registry
 
 __all__ = ["ConvSpec", "BlockType", "Palette", "DEFAULT_PALETTE", "register_block_type", "block_type", "registered_block_types", "conv_out_size", "init_weights"]
 
@@ -249,7 +250,7 @@ class Palette(Mapping[str, BlockType]):
         return Palette([*self._types.values(), *types])
 
 
-_REGISTRY: dict[str, BlockType] = {}
+_REGISTRY: Registry[BlockType] = Registry("block type", "register your own with blockswap.register_block_type")
 
 
 def register_block_type(block: BlockType) -> BlockType:
@@ -260,24 +261,12 @@ def register_block_type(block: BlockType) -> BlockType:
     """
     if not isinstance(block, BlockType):
         raise BlockSwapError(f"register_block_type takes a BlockType, got {type(block).__name__}")
-    if not block.name or not all(c.isalnum() or c in "_-." for c in block.name):
-        raise BlockSwapError(f"block type name {block.name!r} may hold letters, digits, '_', '-' and '.' only")
-    known = _REGISTRY.get(block.name)
-    if known is not None and known != block:
-        raise BlockSwapError(f"a different block type named {block.name!r} is already registered")
-    _REGISTRY[block.name] = block
-    return block
+    return _REGISTRY.add(block.name, block)
 
 
 def block_type(name: str) -> BlockType:
     """The registered type called `name`; BlockSwapError naming the choices if there is none."""
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise BlockSwapError(
-            f"unknown block type {name!r}; registered: {', '.join(_REGISTRY)} "
-            "(register your own with blockswap.register_block_type)"
-        ) from None
+    return _REGISTRY[name]
 
 
 def registered_block_types() -> dict[str, BlockType]:

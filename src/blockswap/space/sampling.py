@@ -152,8 +152,7 @@ def budget_windows(
         windows.append(Window("latency budget", "ms", ms, tolerance, latency.matrix(table.backbone, table.type_names),
                               latency.fixed_ms, False, latency.context))
     if not windows:
-        raise BudgetError("give at least one budget: parameters (--budget), MACs (--budget-macs) or latency "
-                          "(--budget-ms)")
+        raise BudgetError("give at least one budget: parameters (budget), MACs (macs) or milliseconds (ms)")
     return windows
 
 

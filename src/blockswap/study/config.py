@@ -9,14 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..scoring.scorer import scorer_names
+from ..scoring.scorer import scorer_info, scorer_names
 from ..space.backbones import get_backbone
 from ..space.genotype import Genotype
 from ..space.sampling import DEFAULT_TOLERANCE, sample_genotypes
-from ..train.training import SCHEDULES, TrainConfig
+from ..train.training import TrainConfig
 from ..util.counts import parse_budget
 from ..util.errors import BlockSwapError
-from ..util.options import comma_separated, from_record, option
+from ..util.options import check_fields, comma_separated, each, fraction, from_record, option, positive_int, seed_int
+from ..util.recipe import Recipe
 from ..util.rundir import read_json
 
 __all__ = ["StudyConfig", "parse_proxy", "DEFAULT_PROXIES"]
@@ -26,7 +27,9 @@ DEFAULT_PROXIES = ("fisher", "fisher_convs", "grad_norm", "snip", "grasp", "synf
                    "accuracy@1", "accuracy@10")
 
 
-_AT_INIT_ONLY = ("params", "macs")  # proxies that do not depend on the weights: never averaged
+def _at_init_only(proxy: str) -> bool:
+    """Whether the registered `proxy` does not depend on the weights (params, macs): never averaged."""
+    return not scorer_info(proxy).needs_weights
 
 
 def _seeds(text: str) -> list[int]:
@@ -50,44 +53,47 @@ def parse_proxy(name: str) -> tuple[str, int]:
 
 
 @dataclass
-class StudyConfig:
-    """Everything that determines a ranking study's pool, scores and training runs; saved as config.json."""
+class StudyConfig(Recipe):
+    """Everything that determines a ranking study's pool, scores and training runs; saved as config.json.
+
+    The recipe every candidate is trained with (and the NAME@K proxies' steps take) is `Recipe`'s fields.
+    """
 
     budget: int = field(metadata=option("parameter budget of the pool, e.g. 200k", parse=parse_budget))
     data_dir: str = field(metadata=option(
         "CIFAR-10 folder (downloaded there if missing) or an image folder: probe batch and training"))
     model: str = field(default="wrn-16-2", metadata=option("the teacher whose blocks are swapped"))
-    candidates: int = field(default=30, metadata=option("students sampled (seeded) and trained"))
+    candidates: int = field(default=30, metadata=option("students sampled (seeded) and trained", check=positive_int))
     proxies: list[str] = field(default_factory=lambda: list(DEFAULT_PROXIES), metadata=option(
         "comma-separated proxies: registered scorers, NAME@K for the value after K SGD steps of the recipe "
         "(fp32, lr --lr, batch --batch-size, seeded batches of the whole training set)",
         parse=comma_separated, metavar="NAMES"))
     inits: int = field(default=1, metadata=option(
-        "initialisations averaged for the at-initialisation proxies, reported beside the single ones as NAME.meanK"))
+        "initialisations averaged for the at-initialisation proxies, reported beside the single ones as NAME.meanK",
+        check=positive_int))
     average: list[str] | None = field(default=None, metadata=option(
         "comma-separated at-initialisation proxies averaged over --inits (default: all that depend on the weights)",
         parse=comma_separated, metavar="NAMES"))
-    seed: int = field(default=0, metadata=option("fixes the pool, the initial weights and the probe batch"))
-    tolerance: float = field(default=DEFAULT_TOLERANCE, metadata=option("budget window, as for search"))
-    batch_size: int = field(default=128, metadata=option("probe batch and training batch (equal, as in the paper)"))
-    epochs: int = field(default=200, metadata=option("training epochs of every candidate"))
-    lr: float = field(default=0.1, metadata=option("initial learning rate"))
-    schedule: str = field(default="cosine", metadata=option("learning-rate schedule", choices=SCHEDULES))
-    train_subset: int | None = field(default=None, metadata=option("train on the first N images only"))
-    test_subset: int | None = field(default=None, metadata=option("test on the first N images only"))
+    seed: int = field(default=0, metadata=option(
+        "fixes the pool, the initial weights and the probe batch (of --batch-size images: the training batch, as in "
+        "the paper)", check=seed_int))
+    tolerance: float = field(default=DEFAULT_TOLERANCE, metadata=option("budget window, as for search",
+                                                                        check=fraction))
+    train_subset: int | None = field(default=None, metadata=option("train on the first N images only",
+                                                                   check=positive_int))
+    test_subset: int | None = field(default=None, metadata=option("test on the first N images only",
+                                                                  check=positive_int))
     train_seeds: list[int] = field(default_factory=lambda: [0], metadata=option(
         "comma-separated training seeds; each candidate is trained once per seed, the target is the mean error, "
-        "and two seeds give the noise ceiling", parse=_seeds, metavar="SEEDS"))
+        "and two seeds give the noise ceiling", parse=_seeds, metavar="SEEDS",
+        check=each(seed_int, "one or more whole numbers in [0, 2**63)")))
     teacher: str | None = field(default=None, metadata=option(
         "teacher weight file: train every candidate with attention transfer from it (default: cross-entropy only)"))
 
     def __post_init__(self) -> None:
         """Refuse settings a study cannot run with, naming the first bad one."""
         self.budget = parse_budget(self.budget)
-        for name in ("candidates", "inits", "batch_size", "epochs"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise BlockSwapError(f"{name} must be a positive whole number, got {value!r}")
+        check_fields(self)
         if self.candidates < 3:
             raise BlockSwapError(f"a ranking study needs at least 3 candidates, got {self.candidates}")
         self.proxies = list(self.proxies)
@@ -102,21 +108,21 @@ class StudyConfig:
                 raise BlockSwapError("--average names proxies averaged over --inits initialisations: give --inits 2 "
                                      "or more")
             self.average = list(self.average)
-            wrong = [n for n in self.average if n not in self.proxies or parse_proxy(n)[1] or n in _AT_INIT_ONLY]
+            wrong = [n for n in self.average if n not in self.proxies or parse_proxy(n)[1] or _at_init_only(n)]
             if wrong:
                 raise BlockSwapError(f"--average takes at-initialisation proxies of --proxies that depend on the "
                                      f"weights; not {', '.join(wrong)}")
         self.train_seeds = list(self.train_seeds)
-        if not self.train_seeds or len(set(self.train_seeds)) != len(self.train_seeds):
-            raise BlockSwapError(f"training seeds must be distinct and at least one, got {self.train_seeds}")
+        if len(set(self.train_seeds)) != len(self.train_seeds):
+            raise BlockSwapError(f"training seeds must be distinct, got {self.train_seeds}")
         get_backbone(self.model)
         self.train_config(Genotype.uniform(get_backbone(self.model)), self.train_seeds[0]).validate()
 
     def train_config(self, genotype: Genotype, seed: int) -> TrainConfig:
         """The training run of one candidate for one seed."""
-        return TrainConfig(genotype=genotype.to_dict(), data_dir=self.data_dir, epochs=self.epochs,
-                           batch_size=self.batch_size, lr=self.lr, schedule=self.schedule, teacher=self.teacher,
-                           train_subset=self.train_subset, test_subset=self.test_subset, seed=seed)
+        return TrainConfig(genotype=genotype, data_dir=self.data_dir, teacher=self.teacher,
+                           train_subset=self.train_subset, test_subset=self.test_subset, seed=seed,
+                           **self.recipe_settings())
 
     def columns(self) -> list[str]:
         """The proxy columns of results.csv: every proxy, then the averaged at-initialisation ones."""
@@ -128,7 +134,7 @@ class StudyConfig:
             return []
         if self.average is not None:
             return list(self.average)
-        return [n for n in self.proxies if parse_proxy(n)[1] == 0 and n not in _AT_INIT_ONLY]
+        return [n for n in self.proxies if parse_proxy(n)[1] == 0 and not _at_init_only(n)]
 
     def genotypes(self) -> list[Genotype]:
         return sample_genotypes(get_backbone(self.model), self.budget, self.candidates, self.tolerance, self.seed)

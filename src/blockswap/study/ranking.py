@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-__all__ = ["rank_stats", "tie_means", "expected_best_of", "best_of_curve", "DECILE"]
+__all__ = ["rank_stats", "noise_ceiling", "icc", "tie_means", "expected_best_of", "best_of_curve", "DECILE"]
 
 DECILE = 0.1
 
@@ -158,3 +158,44 @@ def rank_stats(score: np.ndarray, error: np.ndarray, resamples: int = 2000, seed
         "best_error_pct": float(error.min()), "median_error_pct": float(np.median(error)),
         "random_error_pct": float(error.mean()), "top1_in_best_decile": hits,
     }
+
+
+def icc(runs: np.ndarray) -> np.ndarray:
+    """One-way ICC(1) of an (..., candidates, seeds) array: the share of one run's error variance that belongs to
+    the candidate rather than to its training seed (negative when the seeds disagree more than candidates differ)."""
+    k = runs.shape[-1]
+    means = runs.mean(-1)
+    between = k * means.var(-1, ddof=1)
+    within = ((runs - means[..., None]) ** 2).sum((-2, -1)) / (runs.shape[-2] * (k - 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (between - within) / (between + (k - 1) * within)
+
+
+def noise_ceiling(runs: np.ndarray, resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """How alike the training seeds rank the candidates, from a (candidates x seeds) array of final errors.
+
+    - spearman (95% interval): the rank correlation of the first two seeds' errors.
+    - candidate_share (95% interval): the one-way ICC over every seed; seed_sd_pct: the SD of one run around its
+      candidate's mean.
+    - mean_reliability: Spearman-Brown for the mean of all seeds; max_abs_spearman: the most a perfect proxy can
+      show against that mean.
+    Intervals come from bootstrap resamples of the candidates. Rows with a NaN (a diverged run) are left out.
+    """
+    runs = np.asarray(runs, float)
+    runs = runs[np.isfinite(runs).all(1)]
+    n, k = runs.shape
+    if n < 3 or k < 2:
+        return dict.fromkeys(("spearman", "spearman_low", "spearman_high", "kendall", "candidate_share",
+                              "candidate_share_low", "candidate_share_high", "seed_sd_pct", "mean_reliability",
+                              "max_abs_spearman"), math.nan) | {"n": n}
+    pair = rank_stats(-runs[:, 0], runs[:, 1], resamples, seed)  # -a: "higher predicts better", so rho is positive
+    r = -pair["spearman"]
+    reliability = k * r / (1 + (k - 1) * r) if r > 0 else math.nan
+    idx = np.random.default_rng(seed).integers(0, n, (resamples, n))
+    shares = icc(runs[idx])
+    low, high = np.percentile(shares[np.isfinite(shares)], [2.5, 97.5]) if np.isfinite(shares).any() else (math.nan,) * 2
+    within = ((runs - runs.mean(1, keepdims=True)) ** 2).sum() / (n * (k - 1))
+    return {"n": n, "spearman": r, "spearman_low": -pair["spearman_high"], "spearman_high": -pair["spearman_low"],
+            "kendall": -pair["kendall"], "candidate_share": float(icc(runs)), "candidate_share_low": float(low),
+            "candidate_share_high": float(high), "seed_sd_pct": math.sqrt(within), "mean_reliability": reliability,
+            "max_abs_spearman": math.sqrt(reliability) if reliability == reliability else math.nan}

@@ -62,7 +62,7 @@ def read_results(out: str | Path) -> list[dict[str, Any]]:
 
 def write_report(out_dir: str | Path, resamples: int = 2000) -> dict[str, Any]:
     """results.csv, study.json, report.md and proxies.png of a finished study folder."""
-    from .ranking import rank_stats  # scipy: the `study` extra
+    from .ranking import noise_ceiling, rank_stats  # scipy: the `study` extra
 
     out = Path(out_dir)
     config = StudyConfig.from_dict(read_json(out / "config.json", "study config"))
@@ -76,19 +76,8 @@ def write_report(out_dir: str | Path, resamples: int = 2000) -> dict[str, Any]:
                  for name in config.columns()}
     ceiling = None
     if len(config.train_seeds) >= 2:
-        a, b = (np.array([r[f"test_error_pct_seed{s}"] for r in rows]) for s in config.train_seeds[:2])
-        stats = rank_stats(-a, b, resamples, config.seed)  # -a: "higher predicts better", so rho is positive
-        r, k = -stats["spearman"], len(config.train_seeds)
-        reliability = k * r / (1 + (k - 1) * r) if r > 0 else math.nan  # Spearman-Brown: the mean of k seeds' errors
         runs = np.array([[row[f"test_error_pct_seed{s}"] for s in config.train_seeds] for row in rows])
-        runs = runs[np.isfinite(runs).all(1)]
-        means = runs.mean(1)  # one-way ICC(1): the share of one run's error variance that is the candidate's own
-        between, within = k * means.var(ddof=1), ((runs - means[:, None]) ** 2).sum() / (len(runs) * (k - 1))
-        ceiling = {"seeds": config.train_seeds[:2], "candidate_share": (between - within) / (between + (k - 1) * within),
-                   "seed_sd_pct": math.sqrt(within), "spearman": r,
-                   "spearman_low": -stats["spearman_high"], "spearman_high": -stats["spearman_low"],
-                   "kendall": -stats["kendall"], "mean_reliability": reliability,
-                   "max_abs_spearman": math.sqrt(reliability) if reliability == reliability else math.nan}
+        ceiling = {"seeds": config.train_seeds[:2], **noise_ceiling(runs, resamples, config.seed)}
     seconds = [read_json(candidate_dir(out, i) / "scores.json", "candidate's scores")["seconds"] for i in range(len(rows))]
     cost = {name: float(np.mean([s.get(name, 0.0) for s in seconds])) for name in {k for s in seconds for k in s}}
     trained = error[np.isfinite(error)]
@@ -157,7 +146,8 @@ def _markdown(report: dict[str, Any]) -> str:
                   f"rank the pool with Spearman {_fmt(ceiling['spearman'])} [{_fmt(ceiling['spearman_low'])}, "
                   f"{_fmt(ceiling['spearman_high'])}]; the candidate accounts for "
                   f"{_fmt(100 * max(0.0, ceiling['candidate_share']), 0)}% of the variance of one run's error "
-                  f"(one-way ICC {_fmt(ceiling['candidate_share'])}), the training seed for the rest (SD "
+                  f"(one-way ICC {_fmt(ceiling['candidate_share'])} [{_fmt(ceiling.get('candidate_share_low'))}, "
+                  f"{_fmt(ceiling.get('candidate_share_high'))}]), the training seed for the rest (SD "
                   f"{_fmt(ceiling['seed_sd_pct'])} points)."]
         if math.isfinite(ceiling["mean_reliability"]):
             lines[-1] += (f" The target, the mean of the seeds' errors, is then about "
@@ -176,7 +166,7 @@ def _markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _save_png(fig: Any, path: Path, top: float = 1.0) -> None:
+def save_png(fig: Any, path: Path, top: float = 1.0) -> None:
     """Lay out (below `top`, leaving room for a suptitle), write the figure as PNG atomically, free it."""
     import matplotlib.pyplot as plt
 
@@ -215,7 +205,7 @@ def _plot_proxies(path: Path, rows: list[dict[str, Any]], config: StudyConfig, s
         ax.axis("off")
     fig.suptitle(f"{config.model} at {format_count(config.budget)}: proxy against final test error "
                  f"({len(rows)} candidates)", fontsize=10)
-    _save_png(fig, path, top=1 - 0.35 / fig.get_figheight())
+    save_png(fig, path, top=1 - 0.35 / fig.get_figheight())
 
 
 def study_samples(out_dir: str | Path, sizes: list[int] | None = None, proxies: list[str] | None = None,
@@ -274,7 +264,7 @@ def _plot_samples(path: Path, table: list[dict[str, Any]], names: list[str], siz
     ax.set_ylabel("expected test error of the pick (%)")
     ax.set_title(f"Best-by-proxy of n samples from a pool of {pool}")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    _save_png(fig, path)
+    save_png(fig, path)
 
 
 def parse_sizes(text: str) -> list[int]:

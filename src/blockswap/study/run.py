@@ -24,11 +24,7 @@ error of the best-by-proxy of n samples, against a random pick and the oracle.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from functools import partial
@@ -37,21 +33,20 @@ from typing import Any
 
 import torch
 import torch.distributed as torch_dist
-import torch.multiprocessing as mp
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..data import probe_images
-from ..scoring.scorer import Score, average_scores, make_scorer, register_scorer, scorer_factory, scorer_names
+from ..scoring.scorer import Score, average_scores, make_scorer, scorer_factory, scorer_info
 from ..scoring.trained import RecipeSteps
-from ..search.pool import build_candidate, user_block_types
-from ..space.blocks import BlockType, register_block_type, registered_block_types
+from ..search.pool import build_candidate, require_registered, user_modules
 from ..space.genotype import Genotype
 from ..train.training import ONE_PROCESS, DivergedError, train
 from ..util.distributed import on_rank0, rank0_first
 from ..util.options import recorded_form
 from ..util.rundir import check_recorded, record, write_json_atomic
-from ..util.system import start_worker, usable_cores
+from ..util.system import usable_cores
+from ..util.workers import WorkerPool
 from .config import StudyConfig, candidate_dir, candidate_done, parse_proxy, require_extra, run_finished
 from .report import json_safe, write_report
 
@@ -84,10 +79,10 @@ def _score_all(config: StudyConfig, genotype: Genotype, index: int,
         draws = [scores[name]] + [measure(f"{name}.mean{config.inits}", base,
                                           build_candidate(genotype, config.seed, index, draw).to(device))
                                   for draw in range(1, config.inits)]
-        scores[f"{name}.mean{config.inits}"] = average_scores(draws, getattr(make_scorer(base), "log_average", True))
+        scores[f"{name}.mean{config.inits}"] = average_scores(draws, scorer_info(base).log_average)
     trained = sorted({steps for _, steps in parsed.values() if steps})
     if trained:
-        recipe = RecipeSteps(config.data_dir, config.seed, config.batch_size, config.lr)
+        recipe = RecipeSteps(data_dir=config.data_dir, seed=config.seed, **config.recipe_settings())
         start = time.perf_counter()
         for k, net in recipe.run(model, trained, device):
             for name, (base, steps) in parsed.items():
@@ -134,24 +129,10 @@ def _run_candidate(job: _Job, batch: tuple[Tensor, Tensor]) -> int:
 _batch: tuple[Tensor, Tensor] | None = None
 
 
-def _stop_job(signum: int, frame: object) -> None:
-    """SIGUSR1 in a study worker: the parent is stopping; end the running job (its files resume exactly)."""
-    raise KeyboardInterrupt
-
-
-def _init_worker(batch: tuple[Tensor, Tensor], threads: int, parent: int, scorers: dict[str, Any],
-                 block_types: list[BlockType]) -> None:
-    """Runs once in each study process: the parent's user scorers and block types (unpickling them imports the
-    plugin that defines them), the probe batch, the thread count."""
+def _init_study(batch: tuple[Tensor, Tensor], block_names: list[str], scorers: list[str]) -> None:
+    """Runs once in each study worker, after the plugins: check the jobs' block types and scorers, keep the batch."""
     global _batch
-    start_worker(parent, threads)
-    signal.signal(signal.SIGUSR1, _stop_job)
-    for name, factory in scorers.items():
-        if name not in scorer_names():
-            register_scorer(name)(factory)
-    for block in block_types:
-        if block.name not in registered_block_types():
-            register_block_type(block)
+    require_registered(block_names, scorers)
     _batch = batch
 
 
@@ -162,33 +143,20 @@ def _run_in_worker(job: _Job) -> int:
 
 
 def _run_jobs(jobs: list[_Job], batch: tuple[Tensor, Tensor], workers: int, bar: tqdm) -> None:
+    """Run the jobs here (one worker) or in a `WorkerPool`, whose workers share the CPU threads equally. Ctrl-C,
+    SIGTERM or a failed candidate stop the candidates in training at once (their folders resume exactly)."""
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             _run_candidate(job, batch)
             bar.update(1)
         return
     threads = max(1, usable_cores() // workers)
-    config = jobs[0].config
-    scorers = {base: scorer_factory(base) for base, _ in map(parse_proxy, config.proxies)
-               if not scorer_factory(base).__module__.startswith("blockswap.")}  # a plugin's: the workers import it
-    user_types = user_block_types({name for job in jobs for name in job.genotype.blocks})
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
-                               initializer=_init_worker, initargs=(batch, threads, os.getpid(), scorers, user_types))
-    futures = [pool.submit(_run_in_worker, job) for job in jobs]
-    try:
-        for future in as_completed(futures):
-            future.result()
+    scorers = sorted({base for base, _ in map(parse_proxy, jobs[0].config.proxies)})
+    names = sorted({name for job in jobs for name in job.genotype.blocks})
+    modules = user_modules(names, [scorer_factory(name) for name in scorers])
+    with WorkerPool(min(workers, len(jobs)), threads, _init_study, (batch, names, scorers), modules) as pool:
+        for _ in pool.run(_run_in_worker, [(job,) for job in jobs]):
             bar.update(1)
-    except BaseException:
-        # Ctrl-C, SIGTERM or a failed candidate: stop now instead of waiting hours for the candidates in training
-        # (their folders resume exactly: every write is atomic). The workers ignore SIGINT and SIGTERM; SIGUSR1
-        # interrupts the job each one is running, after which it ends as the pool shuts down.
-        for process in list(getattr(pool, "_processes", {}).values()):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGUSR1)
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
 
 
 def run_study(config: StudyConfig, out_dir: str | Path, workers: int = 1, device: str | torch.device = "cpu",

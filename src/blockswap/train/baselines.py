@@ -56,24 +56,24 @@ def student_genotype(
     if prune is not None and prune not in PRUNE_METHODS:
         raise BlockSwapError(f"unknown pruning method {prune!r}; valid choices: {', '.join(PRUNE_METHODS)}")
     if budget is not None and not (random or prune):
-        raise BlockSwapError("--budget applies to --random and --prune only")
+        raise BlockSwapError("budget applies to random and prune only")
     if (random or prune) and budget is None:
-        raise BlockSwapError(f"--{'random' if random else 'prune'} needs --budget")
+        raise BlockSwapError(f"{'random' if random else 'prune'} needs a budget")
     if prune:
         if model:
-            raise BlockSwapError("--prune prunes the teacher's own network; --model does not apply")
+            raise BlockSwapError("prune prunes the teacher's own network; a model does not apply")
         if teacher is None:
-            raise BlockSwapError("--prune prunes the teacher: give --teacher, or --teacher-model with --no-teacher")
+            raise BlockSwapError("prune prunes the teacher: give its genotype")
         return teacher
     if num_classes is None and teacher is not None:
         num_classes = teacher.backbone.num_classes
     if model and not (all_type or random):
         return scaled(model, num_classes)
     if model is None and teacher is None:
-        raise BlockSwapError("name the student: --genotype FILE, --model NAME, or a teacher to derive it from")
+        raise BlockSwapError("name the student: a model, or a teacher to derive it from")
     backbone = get_backbone(model, num_classes) if model else teacher.backbone  # type: ignore[union-attr]
     if all_type:
         return single_type(backbone, all_type)
     if random:
         return random_student(backbone, budget, seed)  # type: ignore[arg-type]
-    raise BlockSwapError("name the student: --genotype, --model, --all, --random or --prune")
+    raise BlockSwapError("name the student: a model, all_type, random or prune")

@@ -5,54 +5,30 @@ budget of non-zero parameters. Conv and Linear weights are prunable; BN
 parameters and biases stay dense and count in full. A budget of P non-zero
 parameters therefore keeps the P - (dense parameters) highest-scoring weights
 over the whole network: |w| for magnitude pruning of trained weights, |w * dL/dw|
-on one minibatch at initialisation for SNIP. Masks are re-applied after every
+on one minibatch at initialisation for SNIP (the `Importance` objects of
+`blockswap.scoring.importance`, which `PRUNE_IMPORTANCE` names). Masks are re-applied after every
 optimiser step so pruned weights stay exactly zero.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..scoring.importance import Importance, MagnitudeImportance, SnipImportance, prunable_weights
 from ..util.counts import format_count
 from ..util.errors import BlockSwapError
 
-__all__ = ["PRUNE_METHODS", "Pruner", "prunable_weights", "nonzero_params", "magnitude_scores", "snip_scores"]
+__all__ = ["PRUNE_IMPORTANCE", "PRUNE_METHODS", "Pruner", "prunable_weights", "nonzero_params"]
 
-PRUNE_METHODS = ("l1", "snip")
-
-
-def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The conv and Linear weight tensors, by parameter name."""
-    return {
-        f"{name}.weight" if name else "weight": m.weight
-        for name, m in model.named_modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-    }
+PRUNE_IMPORTANCE: dict[str, type[Importance]] = {"l1": MagnitudeImportance, "snip": SnipImportance}
+PRUNE_METHODS = tuple(PRUNE_IMPORTANCE)
 
 
 def nonzero_params(model: nn.Module) -> int:
     """Trainable parameters counted as the paper does: prunable weights by non-zeros, the rest in full."""
     weights = {id(p) for p in prunable_weights(model).values()}
     return sum(int(torch.count_nonzero(p)) if id(p) in weights else p.numel() for p in model.parameters())
-
-
-def magnitude_scores(model: nn.Module) -> dict[str, Tensor]:
-    """|w| of every prunable weight."""
-    return {name: w.detach().abs() for name, w in prunable_weights(model).items()}
-
-
-def snip_scores(model: nn.Module, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
-    """SNIP connection sensitivity |w * dL/dw| for the mean cross-entropy on one batch (training-mode BN)."""
-    weights = prunable_weights(model)
-    was_training = model.training
-    model.train()
-    try:
-        grads = torch.autograd.grad(F.cross_entropy(model(images), labels), list(weights.values()))
-    finally:
-        model.train(was_training)
-    return {name: (w.detach() * g).abs() for (name, w), g in zip(weights.items(), grads)}
 
 
 class Pruner:
@@ -62,8 +38,9 @@ class Pruner:
         self.masks = masks
 
     @classmethod
-    def to_budget(cls, model: nn.Module, scores: dict[str, Tensor], budget: int) -> Pruner:
-        """Keep the highest-scoring weights so the model has exactly `budget` non-zero parameters."""
+    def to_budget(cls, model: nn.Module, importance: Importance, budget: int,
+                  batch: tuple[Tensor, Tensor] | None = None) -> Pruner:
+        """Keep the weights `importance` scores highest (on `batch`) so the model has exactly `budget` non-zeros."""
         weights = prunable_weights(model)
         total = sum(p.numel() for p in model.parameters())
         dense = total - sum(w.numel() for w in weights.values())
@@ -73,6 +50,7 @@ class Pruner:
                 f"pruning budget {format_count(budget)} ({budget:,}) must lie between the {dense:,} parameters "
                 f"that stay dense (BN, biases) and the network's {total:,}"
             )
+        scores = importance(model, batch)
         flat = torch.cat([scores[name].flatten().float() for name in weights])
         kept = torch.zeros_like(flat, dtype=torch.bool)
         kept[torch.topk(flat, keep, sorted=False).indices] = True

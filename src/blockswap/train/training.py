@@ -32,7 +32,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,17 +52,19 @@ from ..space.genotype import Genotype
 from ..space.networks import BlockNetwork
 from ..util.distributed import Distributed
 from ..util.errors import BlockSwapError
-from ..util.options import from_record, option
+from ..util.options import check_fields, from_record, option, positive_int, seed_int
 from ..util.precision import PRECISIONS, autocast, resolve_precision
+from ..util.recipe import PER_STEP_SCHEDULES, SCHEDULES, Recipe
 from ..util.rundir import check_recorded, file_digest, record, write_json_atomic, write_text_atomic
 from ..weights.checkpoint import read_checkpoint, save_atomic
 from ..weights.teachers import load_network
 from .distill import DistillConfig, LossParts, student_loss
-from .pruning import PRUNE_METHODS, Pruner, magnitude_scores, nonzero_params, snip_scores
+from .pruning import PRUNE_IMPORTANCE, PRUNE_METHODS, Pruner, nonzero_params
 
-__all__ = ["error_sums", "SCHEDULES", "ONE_PROCESS", "TrainConfig", "TrainingError", "DivergedError", "TapsModule", "forward_loss", "train_step", "make_scheduler", "epoch_order", "train"]
+__all__ = ["error_sums", "SCHEDULES", "ONE_PROCESS", "RECIPES", "RECIPE_BETA", "recipe_defaults", "TrainConfig",
+           "TrainingError", "DivergedError", "TapsModule", "forward_loss", "train_step", "make_scheduler",
+           "epoch_order", "train"]
 
-SCHEDULES = ("cosine", "step", "step-30")
 ONE_PROCESS = "one-process"  # train(group=ONE_PROCESS): this process alone, whatever torchrun started
 STEP_FRACTIONS = (0.3, 0.6, 0.8)  # the paper's epochs 60, 120, 160 of 200
 STEP_GAMMA = 0.2  # the paper divides the learning rate by 5
@@ -72,11 +74,19 @@ EVAL_BATCH = 500
 _FLAT_DISTILL = ("beta", "kd_alpha", "kd_temperature")  # how earlier versions recorded the distillation settings
 
 
-RECIPES: dict[str, dict[str, Any]] = {
-    "cifar": {},  # TrainConfig's own defaults: the paper's CIFAR-10 recipe
-    "imagenet": {"epochs": 100, "batch_size": 256, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
-                 "schedule": "step-30", "cutout": 0, "beta": 750.0},  # SPEC section 5
+RECIPES: dict[str, Recipe] = {
+    "cifar": Recipe(),  # Recipe's own defaults: the paper's CIFAR-10 recipe
+    "imagenet": Recipe(epochs=100, batch_size=256, lr=0.1, momentum=0.9, weight_decay=1e-4, schedule="step-30",
+                       cutout=0),  # SPEC section 5
 }
+RECIPE_BETA: dict[str, float] = {"cifar": DistillConfig().beta, "imagenet": 750.0}  # each recipe's AT weight
+
+
+def recipe_defaults(recipe: str) -> dict[str, Any]:
+    """The training options' defaults under `recipe` (a RECIPES name): its Recipe fields and its beta."""
+    if recipe not in RECIPES:
+        raise BlockSwapError(f"unknown recipe {recipe!r}; valid choices: {', '.join(RECIPES)}")
+    return {**RECIPES[recipe].recipe_settings(), "beta": RECIPE_BETA[recipe]}
 
 
 class TrainingError(BlockSwapError):
@@ -88,28 +98,22 @@ class DivergedError(TrainingError):
 
 
 @dataclass
-class TrainConfig:
-    """Everything that determines a training run; saved as config.json in its output folder."""
+class TrainConfig(Recipe):
+    """Everything that determines a training run; saved as config.json in its output folder.
 
-    genotype: dict[str, Any] = field(metadata=option(
-        "the network to train, as Genotype.to_dict(); the CLI resolves --model/--genotype/baselines", cli=False))
+    The recipe's settings (epochs, batch_size, lr, ...) are `Recipe`'s fields, keyword-only.
+    """
+
+    genotype: Genotype = field(metadata=option(
+        "the network to train (its Genotype.to_dict() form is read too); the CLI resolves --model/--genotype/"
+        "baselines", cli=False))
     data_dir: str = field(metadata=option(
         "folder holding cifar-10-batches-py (downloaded there, MD5-checked, if missing), or an image folder "
         "(train/<class>/*, val/<class>/*; val is the test set)"))
-    epochs: int = field(default=200, metadata=option("training epochs (the recipe's: 200 cifar, 100 imagenet)"))
-    batch_size: int = field(default=128, metadata=option(
-        "global minibatch, split across processes (the recipe's: 128 cifar, 256 imagenet)"))
-    lr: float = field(default=0.1, metadata=option("initial learning rate, the paper's"))
-    momentum: float = field(default=0.9, metadata=option("SGD momentum (plain, not Nesterov), the paper's"))
-    weight_decay: float = field(default=5e-4, metadata=option(
-        "weight decay on every parameter (the recipe's: 5e-4 cifar, as the published code; 1e-4 imagenet)"))
-    schedule: str = field(default="cosine", metadata=option(
-        "cosine: the published code's annealing; step: the paper's lr/5 at 30%, 60%, 80% of the epochs; "
-        "step-30: lr/10 every 30 epochs (the ImageNet recipe)", choices=SCHEDULES))
     teacher: str | None = field(default=None, metadata=option(
         "teacher weight file for distillation; None trains with cross-entropy alone", cli=False))
-    teacher_genotype: dict[str, Any] | None = field(default=None, metadata=option(
-        "the teacher's architecture; None reads it from the teacher file", cli=False))
+    teacher_genotype: Genotype | None = field(default=None, metadata=option(
+        "the teacher's architecture (or its to_dict() form); None reads it from the teacher file", cli=False))
     teacher_sha256: str | None = field(default=None, metadata=option(
         "SHA-256 of the teacher file, filled in when training starts; a resume refuses a changed teacher", cli=False))
     distill: DistillConfig = field(default_factory=DistillConfig, metadata=option(
@@ -117,44 +121,34 @@ class TrainConfig:
     prune: str | None = field(default=None, metadata=option(
         "l1 (the teacher's trained weights) or snip (at initialisation): prune before training", cli=False))
     prune_budget: int | None = field(default=None, metadata=option(
-        "non-zero parameters left by pruning", cli=False))
+        "non-zero parameters left by pruning", cli=False, check=positive_int))
     train_subset: int | None = field(default=None, metadata=option(
-        "train on N images only: CIFAR-10's first N, an image folder's N evenly spaced (every class keeps its share)"))
+        "train on N images only: CIFAR-10's first N, an image folder's N evenly spaced (every class keeps its share)",
+        check=positive_int))
     test_subset: int | None = field(default=None, metadata=option(
-        "test on N images only, chosen the same way"))
+        "test on N images only, chosen the same way", check=positive_int))
     seed: int = field(default=0, metadata=option(
-        "fixes initial weights, batch order, augmentation and the SNIP batch"))
+        "fixes initial weights, batch order, augmentation and the SNIP batch", check=seed_int))
     precision: str = field(default="auto", metadata=option(
         "auto: bf16 autocast on CUDA and on CPUs with AVX512-BF16/AMX, else fp32", choices=PRECISIONS))
     channels_last: bool = field(default=True, metadata=option(
         "keep NCHW tensors (channels_last is faster for dense convs, slower for some grouped ones)"))
-    cutout: int = field(default=16, metadata=option(
-        "Cutout hole size, 0 disables it (the recipe's: 16 cifar, the published code's; 0 imagenet)"))
 
     def __post_init__(self) -> None:
+        """Read the genotypes and distillation weights given in their JSON form."""
         if isinstance(self.distill, dict):
             self.distill = DistillConfig(**self.distill)
+        if isinstance(self.genotype, dict):
+            self.genotype = Genotype.from_dict(self.genotype)
+        if isinstance(self.teacher_genotype, dict):
+            self.teacher_genotype = Genotype.from_dict(self.teacher_genotype)
 
     def validate(self) -> TrainConfig:
         """Raise BlockSwapError naming the first bad setting."""
-        whole = {"epochs": self.epochs, "batch_size": self.batch_size}
-        for name, value in whole.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise BlockSwapError(f"{name} must be a positive whole number, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise BlockSwapError(f"seed must be a whole number in [0, 2**63), got {self.seed!r}")
-        if not 0 < self.lr < math.inf:
-            raise BlockSwapError(f"lr must be positive, got {self.lr}")
-        if not (0 <= self.momentum < math.inf and 0 <= self.weight_decay < math.inf):
-            raise BlockSwapError("momentum and weight decay must be non-negative")
-        size = Genotype.from_dict(self.genotype).backbone.input_size
-        if isinstance(self.cutout, bool) or not isinstance(self.cutout, int) or not 0 <= self.cutout <= size:
-            raise BlockSwapError(f"cutout must be a whole number of pixels in [0, {size}] (the input size), "
-                                 f"got {self.cutout!r}")
-        if self.schedule not in SCHEDULES:
-            raise BlockSwapError(f"unknown schedule {self.schedule!r}; valid choices: {', '.join(SCHEDULES)}")
-        if self.precision not in PRECISIONS:
-            raise BlockSwapError(f"unknown precision {self.precision!r}; valid choices: {', '.join(PRECISIONS)}")
+        check_fields(self)
+        size = self.genotype.backbone.input_size
+        if self.cutout > size:
+            raise BlockSwapError(f"cutout must be at most {size} pixels (the input size), got {self.cutout}")
         if self.prune is not None:
             if self.prune not in PRUNE_METHODS:
                 choices = ", ".join(PRUNE_METHODS)
@@ -163,22 +157,15 @@ class TrainConfig:
                 raise BlockSwapError("pruning needs a budget of non-zero parameters")
             if self.prune == "l1" and self.teacher is None:
                 raise BlockSwapError("L1 pruning prunes trained teacher weights: give the teacher checkpoint")
-        for name in ("train_subset", "test_subset"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise BlockSwapError(f"{name} must be a positive whole number, got {value!r}")
-        Genotype.from_dict(self.genotype)
         return self
 
     @classmethod
     def from_recipe(cls, recipe: str, **settings: Any) -> TrainConfig:
         """A config with `recipe`'s settings (see RECIPES) where `settings` give none; `settings` win (a `distill`
         given whole replaces the recipe's beta too)."""
-        if recipe not in RECIPES:
-            raise BlockSwapError(f"unknown recipe {recipe!r}; valid choices: {', '.join(RECIPES)}")
-        chosen = dict(RECIPES[recipe])
-        beta = chosen.pop("beta", None)
-        if beta is not None and "distill" not in settings:
+        chosen = recipe_defaults(recipe)
+        beta = chosen.pop("beta")
+        if "distill" not in settings:
             settings["distill"] = DistillConfig(beta=beta)
         return cls(**{**chosen, **settings})
 
@@ -198,12 +185,12 @@ class TrainConfig:
         return from_record(cls, data, "training config")
 
     def record(self) -> dict[str, Any]:
-        """The JSON form config.json holds, with genotypes in their current form (so earlier files compare equal)."""
-        data = json.loads(json.dumps(asdict(self)))
-        for key in ("genotype", "teacher_genotype"):
-            if data[key] is not None:
-                data[key] = Genotype.from_dict(data[key]).to_dict()
-        return data
+        """The flat JSON form config.json holds, genotypes as to_dict() gives them (so earlier files compare equal)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["genotype"] = self.genotype.to_dict()
+        data["teacher_genotype"] = None if self.teacher_genotype is None else self.teacher_genotype.to_dict()
+        data["distill"] = asdict(self.distill)
+        return json.loads(json.dumps(data))
 
 
 class TapsModule(nn.Module):
@@ -254,11 +241,14 @@ def train_step(
 
 
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, schedule: str, epochs: int
+    optimizer: torch.optim.Optimizer, schedule: str, epochs: int, steps_per_epoch: int = 1
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-epoch learning-rate schedule: cosine annealing to 0, lr/5 at 30/60/80% of the epochs, or lr/10 every 30."""
+    """The learning-rate schedule: cosine annealing to 0 per epoch or per step (`PER_STEP_SCHEDULES` are stepped
+    after every SGD step), lr/5 at 30/60/80% of the epochs, or lr/10 every 30."""
     if schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if schedule == "cosine-steps":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
     if schedule == "step-30":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=STEP30_EVERY, gamma=STEP30_GAMMA)
     milestones = [max(1, int(f * epochs)) for f in STEP_FRACTIONS]
@@ -340,8 +330,7 @@ def _load_teacher(config: TrainConfig, student: Genotype, device: torch.device) 
     """The frozen eval-mode teacher and its genotype, checked to offer the student's attention points."""
     if config.teacher is None:
         return None
-    expected = None if config.teacher_genotype is None else Genotype.from_dict(config.teacher_genotype)
-    teacher, genotype, _ = load_network(config.teacher, expected)
+    teacher, genotype, _ = load_network(config.teacher, config.teacher_genotype)
     s, t = student.backbone, genotype.backbone
     if len(s.stage_widths) != len(t.stage_widths) or s.input_size != t.input_size or s.num_classes != t.num_classes:
         raise BlockSwapError(
@@ -366,16 +355,17 @@ def _prune(
     teacher: tuple[BlockNetwork, Genotype] | None,
     train_set: ImageSet | FolderSplit,
 ) -> Pruner:
-    """Prune `net` to the budget: magnitude of the teacher's weights (L1), or SNIP on one seeded batch."""
-    if config.prune == "l1":
+    """Prune `net` to the budget with the importance `config.prune` names: magnitude of the teacher's weights (L1),
+    or SNIP on one seeded batch."""
+    importance = PRUNE_IMPORTANCE[config.prune]()  # type: ignore[index]  # validate() requires a known method
+    if importance.trained:
         if teacher is None or teacher[1] != genotype:
-            raise BlockSwapError("L1 pruning starts from the teacher's weights: the network must be the teacher's")
+            raise BlockSwapError(f"{str(config.prune).upper()} pruning starts from the teacher's weights: the "
+                                 "network must be the teacher's")
         net.load_state_dict(teacher[0].state_dict())
-        scores = magnitude_scores(net)
-    else:
-        images, labels = train_set.probe_batch(config.batch_size, config.seed)
-        scores = snip_scores(net, images, labels)
-    return Pruner.to_budget(net, scores, config.prune_budget)  # type: ignore[arg-type]  # validate() requires it
+    batch = train_set.probe_batch(config.batch_size, config.seed) if importance.needs_data else None
+    budget: int = config.prune_budget  # type: ignore[assignment]  # validate() requires it
+    return Pruner.to_budget(net, importance, budget, batch)
 
 
 @dataclass
@@ -414,7 +404,7 @@ def _start(config: TrainConfig, out: Path, resume: bool, dist: Distributed, prog
     device = dist.device
     if config.batch_size % dist.world:
         raise BlockSwapError(f"batch size {config.batch_size} does not split evenly over {dist.world} processes")
-    genotype = Genotype.from_dict(config.genotype)
+    genotype = config.genotype
     precision = resolve_precision(config.precision, device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     checkpoint = _check_out_dir(out, config, resume)
@@ -423,7 +413,7 @@ def _start(config: TrainConfig, out: Path, resume: bool, dist: Distributed, prog
     net = _fresh_network(config, genotype).to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
-    scheduler = make_scheduler(optimizer, config.schedule, config.epochs)
+    scheduler = make_scheduler(optimizer, config.schedule, config.epochs, len(train_set) // config.batch_size)
     history: list[dict[str, Any]] = []
     pruner = None
     if checkpoint is None:
@@ -507,7 +497,8 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
     train_seconds = time.perf_counter() - start
     dist.broadcast_buffers(run.net)
     test = dist.all_reduce_sum(error_sums(run.net, run.test_shard, EVAL_BATCH, run.precision, config.channels_last))
-    run.scheduler.step()
+    if config.schedule not in PER_STEP_SCHEDULES:
+        run.scheduler.step()
     n = float(sums[-1])
     row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(sums[0]) / n,
            "train_ce": float(sums[1]) / n, "train_at": float(sums[2]) / n, "train_kd": float(sums[3]) / n,
@@ -570,6 +561,8 @@ def _train_epoch(run: _Run, epoch: int) -> Tensor:
         for step, (images, y) in enumerate(batches):
             x = images.contiguous(memory_format=run.memory_format)
             parts, logits = train_step(run.model, run.teacher, run.optimizer, x, y, config.distill, run.precision)
+            if config.schedule in PER_STEP_SCHEDULES:
+                run.scheduler.step()
             if run.pruner is not None:
                 run.pruner.apply(run.net)
             with torch.no_grad():

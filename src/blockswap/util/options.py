@@ -4,13 +4,17 @@ A field declares its help text with `option(...)`; `add_options` turns each
 field into an argparse option whose default, type and "(default: X)" come from
 the field itself, and `values` collects them back into constructor keyword
 arguments (nested config dataclasses included), so the CLI cannot drift from
-the Python API.
+the Python API. A field may also declare a `Check` (`positive_int`, `fraction`, ...):
+`check_fields` applies every field's check and choices, so a config validates
+itself from its declarations rather than by hand-written tests.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -21,7 +25,56 @@ from .errors import BlockSwapError
 T = TypeVar("T")
 
 __all__ = ["option", "add_options", "values", "command_args", "field_default", "from_record", "recorded_form",
-           "comma_separated", "argparse_type"]
+           "comma_separated", "argparse_type", "Check", "each", "check_fields", "positive_int", "non_negative_int",
+           "seed_int", "positive", "non_negative", "fraction", "fraction_or_one", "json_object", "whole_numbers",
+           "positive_seconds"]
+
+
+class Check:
+    """A rule a field's value must meet, and how an error names it: "NAME must be {must}, got VALUE"."""
+
+    def __init__(self, accepts: Callable[[Any], bool], must: str) -> None:
+        self.accepts, self.must = accepts, must
+
+    def ok(self, value: Any) -> bool:
+        """Whether `value` meets the rule."""
+        return bool(self.accepts(value))
+
+    def __call__(self, name: str, value: Any) -> None:
+        """Raise BlockSwapError naming `name` unless `value` meets the rule."""
+        if not self.ok(value):
+            raise BlockSwapError(f"{name} must be {self.must}, got {value!r}")
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _json(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+positive_int = Check(lambda v: _whole(v) and v >= 1, "a positive whole number")
+non_negative_int = Check(lambda v: _whole(v) and v >= 0, "a whole number >= 0")
+seed_int = Check(lambda v: _whole(v) and 0 <= v < 2**63, "a whole number in [0, 2**63)")
+positive = Check(lambda v: _real(v) and 0 < v < math.inf, "positive and finite")
+non_negative = Check(lambda v: _real(v) and 0 <= v < math.inf, "non-negative and finite")
+fraction = Check(lambda v: _real(v) and 0 < v < 1, "a fraction in (0, 1)")
+fraction_or_one = Check(lambda v: _real(v) and 0 < v <= 1, "a fraction in (0, 1]")
+json_object = Check(lambda v: isinstance(v, dict) and _json(v), "a dict of JSON values")
+
+
+def each(check: Check, must: str) -> Check:
+    """A non-empty list or tuple whose every entry meets `check`; `must` says so in errors."""
+    return Check(lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(check.ok(x) for x in v), must)
 
 
 def option(
@@ -31,9 +84,33 @@ def option(
     choices: Iterable[str] | Callable[[], Iterable[str]] | None = None,
     metavar: str | None = None,
     cli: bool = True,
+    check: Check | None = None,
 ) -> dict[str, Any]:
-    """Field metadata: help text, an optional parser for the option's text, choices, and whether the CLI shows it."""
-    return {"help": help, "parse": parse, "choices": choices, "metavar": metavar, "cli": cli}
+    """Field metadata: help text, an optional parser for the option's text, choices, whether the CLI shows it, and
+    the `Check` its value must meet (`check_fields` applies it and the choices)."""
+    return {"help": help, "parse": parse, "choices": choices, "metavar": metavar, "cli": cli, "check": check}
+
+
+def _choices(meta: Any) -> list[str] | None:
+    choices = meta.get("choices")
+    if callable(choices):
+        choices = choices()
+    return None if choices is None else list(choices)
+
+
+def check_fields(config: Any) -> None:
+    """Apply every field's declared `Check` and choices to dataclass `config`, raising BlockSwapError that names the
+    first bad field; None passes where it is the field's default (an optional setting left unset)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if value is None and field_default(f) is None:
+            continue
+        check = f.metadata.get("check")
+        if check is not None:
+            check(f.name, value)
+        choices = _choices(f.metadata)
+        if choices is not None and value not in choices:
+            raise BlockSwapError(f"unknown {f.name} {value!r}; valid choices: {', '.join(choices)}")
 
 
 def field_default(f: dataclasses.Field) -> Any:
@@ -95,25 +172,23 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: 
             else:
                 parser.add_argument(flag, dest=f.name, action="store_true", help=text)
             continue
-        choices = meta.get("choices")
-        if callable(choices):
-            choices = list(choices())
+        choices = _choices(meta)
         kwargs: dict[str, Any] = {"dest": f.name, "type": argparse_type(meta.get("parse") or kind),
                                   "metavar": meta.get("metavar")}
         if choices is not None:
-            kwargs["choices"] = list(choices)
+            kwargs["choices"] = choices
         if default is dataclasses.MISSING:
             kwargs["required"] = True
         else:
             kwargs["default"] = default
             if default is not None:
-                text = f"{text} (default: {_shown(default, ', ')})"
+                text = f"{text} (default: {_shown(default)})"
         parser.add_argument(flag, help=text.replace("%", "%%"), **kwargs)
 
 
-def _shown(value: Any, sep: str = ",") -> str:
-    """A value as its option's text: lists joined by `sep`."""
-    return sep.join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+def _shown(value: Any) -> str:
+    """A value as its option's text, as it is typed: lists joined by commas."""
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def command_args(config: Any) -> list[str]:
@@ -153,6 +228,28 @@ def comma_separated(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
+def whole_numbers(text: str) -> list[int]:
+    """`1,8,32` -> [1, 8, 32]: an option's positive whole numbers, comma-separated."""
+    try:
+        numbers = [int(v) for v in comma_separated(text)]
+    except ValueError:
+        raise BlockSwapError(f"expected comma-separated whole numbers, e.g. 1,8,32; got {text!r}") from None
+    if not numbers or min(numbers) < 1:
+        raise BlockSwapError(f"expected positive whole numbers, got {text!r}")
+    return numbers
+
+
+def positive_seconds(text: str) -> float:
+    """`0.1` -> 0.1: an option's positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise BlockSwapError(f"expected seconds, e.g. 0.1; got {text!r}") from None
+    if not 0 < value < math.inf:
+        raise BlockSwapError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
 def recorded_form(cls: type, saved: Any) -> Any:
     """A saved config as `cls` would record it now (defaults of later settings filled in), so an output
     folder's record compares equal to the same settings; a record `cls` cannot read is returned as it is
@@ -164,7 +261,8 @@ def recorded_form(cls: type, saved: Any) -> Any:
 
 
 def from_record(cls: type[T], data: Any, what: str) -> T:
-    """Dataclass `cls` from a JSON object, naming `what` it is when the object is not one, has unknown or lacks fields."""
+    """Dataclass `cls` from a JSON object, naming `what` it is when the object is not one, has unknown fields or
+    lacks some."""
     if not isinstance(data, dict):
         raise BlockSwapError(f"a {what} must be a JSON object")
     unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
