@@ -77,3 +77,78 @@ def test_the_plot_is_written(tmp_path: Path) -> None:
     errors = {i: 40.0 + i for i in range(9)}
     plot_contrast(tmp_path / "contrast.png", errors, groups, contrast_stats(errors, groups, 500), "title")
     assert (tmp_path / "contrast.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def contrast_study(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """A tiny contrast study: 12 candidates scored, 2 per group trained (inits 2 adds the averaged ranking)."""
+    pytest.importorskip("scipy")
+    from blockswap.study.config import StudyConfig
+    from blockswap.study.run import run_study
+
+    config = StudyConfig(budget=40_000, data_dir=str(cifar_root), model="wrn-10-1", candidates=12, contrast=2,
+                         proxies=["fisher", "params"], inits=2, batch_size=32, epochs=1, train_subset=64,
+                         test_subset=64, train_seeds=[0, 1])
+    out = tmp_path_factory.mktemp("contrast")
+    run_study(config, out, progress=False)
+    return out, config
+
+
+def test_a_contrast_study_scores_the_pool_and_trains_only_its_groups(contrast_study: tuple[Path, object]) -> None:
+    import csv
+    import json
+
+    from blockswap.study.report import read_results
+
+    out, config = contrast_study
+    with (out / "pool" / "fisher" / "candidates.csv").open(newline="") as f:
+        pool = {int(r["index"]): float(r["score"]) for r in csv.DictReader(f)}
+    assert sorted(pool) == list(range(12))
+    assert (out / "pool" / "fisher.mean2" / "candidates.csv").is_file()
+    assert (out / "pool" / "screened" / "candidates.csv").is_file()
+    groups = json.loads((out / "groups.json").read_text())
+    assert groups[TOP] == sorted(pool, key=lambda i: -pool[i])[:2]
+    assert groups[BOTTOM] == sorted(pool, key=lambda i: pool[i])[:2]
+    trained = sorted({i for members in groups.values() for i in members})
+    assert sorted(int(p.name) for p in (out / "candidates").iterdir()) == trained
+    rows = read_results(out)
+    assert [int(r["index"]) for r in rows] == trained
+    for r in rows:  # the study's own Fisher proxy is the pool search's score of the same candidate
+        assert r["fisher"] == pytest.approx(pool[int(r["index"])], rel=1e-4)
+    report = json.loads((out / "study.json").read_text())
+    assert report["contrast"]["members"] == groups
+    assert {(d["group"], d["versus"]) for d in report["contrast"]["differences"]} >= {(TOP, RANDOM), (TOP, BOTTOM)}
+    text = (out / "report.md").read_text()
+    assert text.startswith("# Contrast study") and "## Does the pick matter?" in text
+    assert (out / "contrast.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_contrast_study_without_weight_files_resumes_without_training(contrast_study: tuple[Path, object],
+                                                                        tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a repository keeps of a study (no .pt files) is a finished study: rerun, it trains and scores nothing."""
+    import shutil
+
+    from blockswap.study import contrast as contrast_module
+    from blockswap.study import run as study_module
+    from blockswap.study.run import run_study
+
+    out, config = contrast_study
+    kept = tmp_path / "kept"
+    shutil.copytree(out, kept, ignore=shutil.ignore_patterns("*.pt"))
+    assert not list(kept.rglob("*.pt"))
+    missing = sorted(kept.glob("candidates/*"))[-1]
+    shutil.rmtree(missing / "seed-1")  # one run not committed yet: only it is trained again
+
+    trained: list[tuple[str, int]] = []
+
+    def count(run_config: object, run: Path, **kwargs: object) -> dict:
+        trained.append((Path(run).parent.name, run_config.seed))
+        Path(run).mkdir(parents=True, exist_ok=True)
+        shutil.copy(missing / "seed-0" / "final.json", Path(run) / "final.json")
+        return {}
+
+    monkeypatch.setattr(study_module, "train", count)
+    monkeypatch.setattr(contrast_module, "run_search", None)  # the pool is not searched again
+    run_study(config, kept, progress=False)
+    assert trained == [(missing.name, 1)]

@@ -14,6 +14,7 @@ import pytest
 
 import blockswap as bs
 from blockswap.cli import build_parser
+from blockswap.search.candidates import CSV_FIELDS
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = {"budget": 50_000, "model": "wrn-16-1", "samples": 6, "seed": 0, "screen": False}
@@ -123,7 +124,7 @@ def test_a_cut_rank_leaves_a_part_file_that_resumes(single: Path, tmp_path: Path
     finally:
         dist.destroy_process_group()
     part = (tmp_path / "out" / "candidates.rank0.csv").read_text().splitlines()
-    assert part[0] == ",".join(bs.candidates.CSV_FIELDS) and len(part) == 3
+    assert part[0] == ",".join(CSV_FIELDS) and len(part) == 3
     result = bs.run_search(config, tmp_path / "out", progress=False)
     assert result.scored_now == CONFIG["samples"] - 2
     assert (tmp_path / "out" / "candidates.csv").read_bytes() == (single / "candidates.csv").read_bytes()

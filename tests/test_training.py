@@ -268,3 +268,4 @@ def test_under_torchrun_train_needs_a_group_unless_told_to_run_alone(cifar_root:
         train(config, tmp_path / "b", progress=False, group="alone")  # type: ignore[arg-type]
     final = train(config, tmp_path / "c", progress=False, group=ONE_PROCESS)
     assert final["processes"] == 1 and (tmp_path / "c" / "final.json").is_file()
+    assert final["threads"] == torch.get_num_threads()  # with seconds: the core-minutes a run cost

@@ -32,7 +32,8 @@ from .space.blocks import block_type
 from .space.genotype import Genotype, load_genotype
 from .space.latency import DEFAULT_MIN_TIME, check_latency_table, latency_table
 from .space.sampling import uniform_genotypes
-from .study.config import StudyConfig
+from .study.config import StudyConfig, require_extra
+from .study.protocols import compare_protocols
 from .study.report import parse_sizes, study_samples
 from .study.run import run_study
 from .train.baselines import student_genotype
@@ -481,6 +482,14 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated n (default: 1, 2, 5, 10, 20, ... up to the pool)")
     s.add_argument("--proxies", type=comma_separated, default=None, help="comma-separated proxy columns (default: all)")
     s.set_defaults(func=_cmd_study_samples)
+    c = kinds.add_parser("protocols", help="noise ceilings of several studies side by side, against their cost",
+                         description="For each folder of `blockswap study rank` with two or more training seeds "
+                         "(finished or still running: only candidates whose every seed finished count), the "
+                         "seed-to-seed Spearman and the one-way ICC with 95%% bootstrap intervals and the minutes "
+                         "one training run took; writes protocols.csv, protocols.md and protocols.png to --out.")
+    c.add_argument("studies", nargs="+", type=Path, help="study folders, one per training protocol")
+    c.add_argument("--out", required=True, type=Path, help="folder for protocols.csv, protocols.md, protocols.png")
+    c.set_defaults(func=_cmd_study_protocols)
 
 
 def _cmd_study_rank(args: argparse.Namespace) -> int:
@@ -512,6 +521,14 @@ def _cmd_study_samples(args: argparse.Namespace) -> int:
               f"(5-95% {row['p05_error_pct']:.2f}-{row['p95_error_pct']:.2f})  oracle {row['oracle_error_pct']:.2f}%  "
               f"random {row['random_error_pct']:.2f}%")
     print(f"wrote {args.study / 'samples.csv'} and {args.study / 'samples.png'}")
+    return 0
+
+
+def _cmd_study_protocols(args: argparse.Namespace) -> int:
+    require_extra()
+    compare_protocols(args.studies, args.out)
+    print((args.out / "protocols.md").read_text(), end="")
+    print(f"wrote {args.out / 'protocols.csv'}, {args.out / 'protocols.md'} and {args.out / 'protocols.png'}")
     return 0
 
 

@@ -20,7 +20,7 @@ from ..util.options import check_fields, comma_separated, each, fraction, from_r
 from ..util.recipe import Recipe
 from ..util.rundir import read_json
 
-__all__ = ["StudyConfig", "parse_proxy", "DEFAULT_PROXIES"]
+__all__ = ["StudyConfig", "parse_proxy", "trained_indices", "DEFAULT_PROXIES"]
 
 DEFAULT_PROXIES = ("fisher", "fisher_convs", "grad_norm", "snip", "grasp", "synflow", "naswot", "jacob_cov", "l2",
                    "params", "macs", "fisher@1", "fisher@10", "grad_norm@1", "grad_norm@10", "l2@1", "l2@10",
@@ -89,6 +89,10 @@ class StudyConfig(Recipe):
         check=each(seed_int, "one or more whole numbers in [0, 2**63)")))
     teacher: str | None = field(default=None, metadata=option(
         "teacher weight file: train every candidate with attention transfer from it (default: cross-entropy only)"))
+    contrast: int | None = field(default=None, metadata=option(
+        "a contrast study: score all --candidates as a search does, then train only Fisher's top N, N drawn at "
+        "random and Fisher's bottom N (and the top N of fisher.meanK with --inits K, and of the screened search, "
+        "where they differ); default: train every candidate", check=positive_int))
 
     def __post_init__(self) -> None:
         """Refuse settings a study cannot run with, naming the first bad one."""
@@ -96,6 +100,9 @@ class StudyConfig(Recipe):
         check_fields(self)
         if self.candidates < 3:
             raise BlockSwapError(f"a ranking study needs at least 3 candidates, got {self.candidates}")
+        if self.contrast is not None and (self.contrast < 2 or self.candidates < 2 * self.contrast):
+            raise BlockSwapError(f"contrast {self.contrast} needs 2 or more per group and at least twice as many "
+                                 f"candidates; got {self.candidates}")
         self.proxies = list(self.proxies)
         if not self.proxies:
             raise BlockSwapError("name at least one proxy")
@@ -151,6 +158,21 @@ def require_extra() -> None:
     missing = [m for m in ("scipy", "matplotlib") if importlib.util.find_spec(m) is None]
     if missing:
         raise BlockSwapError(f"the ranking study needs {' and '.join(missing)}: pip install 'blockswap[study]'")
+
+
+def groups_path(out: Path) -> Path:
+    """Where a contrast study keeps the candidates it trains, by group (written once the pool is scored)."""
+    return out / "groups.json"
+
+
+def trained_indices(config: StudyConfig, out: Path) -> list[int]:
+    """The candidates a study trains: all of them, or a contrast study's groups (none before they are chosen)."""
+    if config.contrast is None:
+        return list(range(config.candidates))
+    if not groups_path(out).exists():
+        return []
+    groups = read_json(groups_path(out), "contrast groups")
+    return sorted({int(i) for members in groups.values() for i in members})
 
 
 def candidate_dir(out: Path, index: int) -> Path:

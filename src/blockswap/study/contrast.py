@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from ..search.candidates import read_candidates
 from ..search.run import SearchConfig, run_search
 from ..util.errors import BlockSwapError
+from .figures import save_png
 
 __all__ = ["PoolRanking", "pool_rankings", "score_pool", "select_groups", "contrast_stats", "plot_contrast",
            "TOP", "RANDOM", "BOTTOM"]
@@ -59,10 +59,9 @@ def score_pool(search: dict[str, Any], inits: int, out: Path, workers: int = 1, 
     scores: dict[str, dict[int, float]] = {}
     for ranking in pool_rankings(inits):
         config = SearchConfig(**search, screen=ranking.screen, inits=ranking.inits)
-        folder = out / "pool" / ranking.name
-        run_search(config, folder, device=device, progress=progress, workers=workers, group=group)
-        rows = read_candidates(folder / "candidates.csv")
-        scores[ranking.name] = {c.index: math.nan if c.score is None else float(c.score) for c in rows}
+        result = run_search(config, out / "pool" / ranking.name, device=device, progress=progress,
+                            workers=workers, group=group)  # every rank gets the merged rows
+        scores[ranking.name] = {c.index: math.nan if c.score is None else float(c.score) for c in result.candidates}
     return scores
 
 
@@ -143,8 +142,6 @@ def plot_contrast(path: Path, errors: dict[int, float], groups: dict[str, list[i
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .report import save_png
 
     names = list(groups)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4), gridspec_kw={"width_ratios": [1.2, 1]})

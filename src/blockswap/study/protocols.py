@@ -21,8 +21,9 @@ import numpy as np
 
 from ..util.errors import BlockSwapError
 from ..util.rundir import read_json, write_text_atomic
-from .config import StudyConfig, candidate_dir, final_error, run_finished
-from .report import read_results, save_png
+from .config import StudyConfig, candidate_dir, final_error, run_finished, trained_indices
+from .figures import save_png
+from .report import read_results
 
 __all__ = ["protocol_row", "compare_protocols", "TARGET_SPEARMAN", "TARGET_ICC"]
 
@@ -35,7 +36,7 @@ def _finished_runs(out: Path, config: StudyConfig) -> tuple[np.ndarray, list[flo
     """(candidates x seeds) final errors of the candidates whose every seed finished, the seconds of each of
     their runs and the torch threads each used (where the run recorded them)."""
     errors, seconds, threads = [], [], []
-    for index in range(config.candidates):
+    for index in trained_indices(config, out):
         runs = [candidate_dir(out, index) / f"seed-{s}" for s in config.train_seeds]
         if not all(run_finished(r) for r in runs):
             continue
@@ -70,7 +71,8 @@ def protocol_row(folder: str | Path, resamples: int = 2000) -> dict[str, Any]:
     return {
         "protocol": out.name, "model": config.model, "budget_params": config.budget, "epochs": config.epochs,
         "train_images": config.train_subset or CIFAR10_TRAIN, "test_images": config.test_subset or CIFAR10_TEST,
-        "batch_size": config.batch_size, "candidates_finished": len(runs), "candidates": config.candidates,
+        "batch_size": config.batch_size, "candidates_finished": len(runs),
+        "candidates": len(trained_indices(config, out)) or config.candidates,
         "seeds": len(config.train_seeds),
         "seed_spearman": ceiling["spearman"], "seed_spearman_low": ceiling["spearman_low"],
         "seed_spearman_high": ceiling["spearman_high"], "icc": ceiling["candidate_share"],

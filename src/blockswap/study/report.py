@@ -16,8 +16,17 @@ import numpy as np
 from ..util.counts import format_count
 from ..util.errors import BlockSwapError
 from ..util.options import comma_separated, command_args
-from ..util.rundir import atomic_file, read_json, write_json_atomic, write_text_atomic
-from .config import StudyConfig, candidate_dir, candidate_done, final_error, require_extra
+from ..util.rundir import read_json, write_json_atomic, write_text_atomic
+from .config import (
+    StudyConfig,
+    candidate_dir,
+    candidate_done,
+    final_error,
+    groups_path,
+    require_extra,
+    trained_indices,
+)
+from .figures import save_png
 
 __all__ = ["write_report", "read_results", "study_samples", "parse_sizes"]
 
@@ -26,7 +35,9 @@ def _results(out: Path, config: StudyConfig) -> list[dict[str, Any]]:
     """One row per candidate from its folder: genotype, counts, proxies, errors per seed and their mean."""
     rows = []
     columns = config.columns()
-    for i, g in enumerate(config.genotypes()):
+    genotypes = config.genotypes()
+    for i in trained_indices(config, out):
+        g = genotypes[i]
         folder = candidate_dir(out, i)
         if not candidate_done(config, out, i):
             raise BlockSwapError(f"candidate {i} is not finished ({folder}); rerun the study to complete it")
@@ -78,7 +89,7 @@ def write_report(out_dir: str | Path, resamples: int = 2000) -> dict[str, Any]:
     if len(config.train_seeds) >= 2:
         runs = np.array([[row[f"test_error_pct_seed{s}"] for s in config.train_seeds] for row in rows])
         ceiling = {"seeds": config.train_seeds[:2], **noise_ceiling(runs, resamples, config.seed)}
-    seconds = [read_json(candidate_dir(out, i) / "scores.json", "candidate's scores")["seconds"] for i in range(len(rows))]
+    seconds = [read_json(candidate_dir(out, r["index"]) / "scores.json", "candidate's scores")["seconds"] for r in rows]
     cost = {name: float(np.mean([s.get(name, 0.0) for s in seconds])) for name in {k for s in seconds for k in s}}
     trained = error[np.isfinite(error)]
     command = shlex.join(["blockswap", "study", "rank", *command_args(config), "--out", str(out)])
@@ -86,10 +97,44 @@ def write_report(out_dir: str | Path, resamples: int = 2000) -> dict[str, Any]:
               "proxies": per_proxy, "noise_ceiling": ceiling, "proxy_seconds_per_candidate": cost,
               "error_pct": {"best": float(trained.min()), "median": float(np.median(trained)),
                             "mean": float(trained.mean()), "worst": float(trained.max())}}
+    if config.contrast is not None:
+        report["contrast"] = _contrast(out, config, rows, resamples)
     write_json_atomic(out / "study.json", json_safe(report))
     write_text_atomic(out / "report.md", _markdown(report))
     _plot_proxies(out / "proxies.png", rows, config, per_proxy)
     return report
+
+
+def _contrast(out: Path, config: StudyConfig, rows: list[dict[str, Any]], resamples: int) -> dict[str, Any]:
+    """A contrast study's groups, their mean errors and differences (`contrast.contrast_stats`), and contrast.png."""
+    from .contrast import contrast_stats, plot_contrast
+
+    groups = {name: [int(i) for i in members] for name, members in read_json(groups_path(out),
+                                                                               "contrast groups").items()}
+    errors = {int(r["index"]): r["test_error_pct"] for r in rows}
+    stats = contrast_stats(errors, groups, max(resamples, 10_000), config.seed)
+    plot_contrast(out / "contrast.png", errors, groups, stats,
+                  f"{config.model} at {format_count(config.budget)}: {config.contrast} per group of "
+                  f"{config.candidates} scored, {config.epochs} epochs, seeds {', '.join(map(str, config.train_seeds))}")
+    return {"members": groups, **stats}
+
+
+def _contrast_markdown(contrast: dict[str, Any], pool: int) -> list[str]:
+    lines = ["## Does the pick matter?", "",
+             f"Of {pool} candidates scored as a search scores them, these groups were trained (a candidate in two "
+             "groups is trained once). Error: the final test error, mean over the training seeds.", "",
+             "| group | students | mean error % [95% CI] |", "|---|---|---|"]
+    for name, g in contrast["groups"].items():
+        lines.append(f"| {name} | {g['n']} | {_fmt(g['mean_error_pct'])} [{_fmt(g['low'])}, {_fmt(g['high'])}] |")
+    lines += ["", "| comparison | difference of mean error, points [95% CI] | permutation p |", "|---|---|---|"]
+    for d in contrast["differences"]:
+        lines.append(f"| {d['group']} - {d['versus']} | {_fmt(d['difference_pct'])} [{_fmt(d['low'])}, "
+                     f"{_fmt(d['high'])}] | {_fmt(d['p_value'], 3)} |")
+    lines += ["", "Negative: the top group trains to lower error. Intervals resample the students within each group.",
+              "", "![trained students by group](contrast.png)", "",
+              "The proxy table below covers the trained students only: a selected sample (best, random and worst "
+              "by Fisher), not a random pool, so its correlations run stronger than a random pool's would.", ""]
+    return lines
 
 
 def json_safe(value: Any) -> Any:
@@ -112,7 +157,8 @@ def _markdown(report: dict[str, Any]) -> str:
     order = sorted(proxies, key=lambda n: (math.inf if not math.isfinite(proxies[n]["spearman"])
                                            else proxies[n]["spearman"]))
     lines = [
-        f"# Ranking study: {c['model']} at {format_count(c['budget'])} parameters, {report['candidates']} candidates",
+        f"# {'Contrast' if c.get('contrast') else 'Ranking'} study: {c['model']} at {format_count(c['budget'])} "
+        f"parameters, {report['candidates']} candidates trained",
         "",
         "Made by:",
         "",
@@ -127,6 +173,7 @@ def _markdown(report: dict[str, Any]) -> str:
         "(mean over seeds). Spearman and Kendall are with error: negative means a higher proxy value "
         "goes with a lower error. Intervals: 95% bootstrap (percentile).",
         "",
+        *(_contrast_markdown(report["contrast"], c["candidates"]) if report.get("contrast") else []),
         "| proxy | Spearman [95% CI] | Kendall [95% CI] | top-1 err % | top-5 err % | top-1 in best decile | s/cand |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -166,14 +213,6 @@ def _markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def save_png(fig: Any, path: Path, top: float = 1.0) -> None:
-    """Lay out (below `top`, leaving room for a suptitle), write the figure as PNG atomically, free it."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout(rect=(0, 0, 1, top))
-    with atomic_file(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
 
 
 def _plot_proxies(path: Path, rows: list[dict[str, Any]], config: StudyConfig, stats: dict[str, Any]) -> None:

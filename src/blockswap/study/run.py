@@ -47,7 +47,17 @@ from ..util.options import recorded_form
 from ..util.rundir import check_recorded, record, write_json_atomic
 from ..util.system import usable_cores
 from ..util.workers import WorkerPool
-from .config import StudyConfig, candidate_dir, candidate_done, parse_proxy, require_extra, run_finished
+from .config import (
+    StudyConfig,
+    candidate_dir,
+    candidate_done,
+    groups_path,
+    parse_proxy,
+    require_extra,
+    run_finished,
+    trained_indices,
+)
+from .contrast import score_pool, select_groups
 from .report import json_safe, write_report
 
 __all__ = ["run_study"]
@@ -180,7 +190,9 @@ def run_study(config: StudyConfig, out_dir: str | Path, workers: int = 1, device
     size = genotypes[0].backbone.input_size
     batch = rank0_first(group, lambda: probe_images(config.data_dir, size)).probe_batch(config.batch_size, config.seed)
     on_rank0(group, lambda: _prepare_out_dir(out, config))
-    mine = [i for i in range(len(genotypes)) if i % world == rank]
+    if config.contrast is not None and not groups_path(out).exists():
+        _choose_groups(config, out, workers, device, progress, group)
+    mine = [i for i in trained_indices(config, out) if i % world == rank]
     todo = [_Job(config, i, genotypes[i], out, str(device)) for i in mine if not candidate_done(config, out, i)]
     with tqdm(total=len(mine), initial=len(mine) - len(todo), desc="study candidates", unit="cand",
               disable=not progress or rank != 0, dynamic_ncols=True) as bar:
@@ -190,6 +202,17 @@ def run_study(config: StudyConfig, out_dir: str | Path, workers: int = 1, device
     if rank != 0:
         return {}
     return write_report(out)
+
+
+def _choose_groups(config: StudyConfig, out: Path, workers: int, device: str | torch.device, progress: bool,
+                   group: torch_dist.ProcessGroup | None) -> None:
+    """Score the whole pool as searches do (in pool/, resumable; ranks share it) and record the contrast groups."""
+    search = {"budget": config.budget, "model": config.model, "samples": config.candidates,
+              "batch_size": config.batch_size, "tolerance": config.tolerance, "seed": config.seed,
+              "data_dir": config.data_dir}
+    scores = score_pool(search, config.inits, out, workers, device, progress, group)
+    groups = select_groups(scores, config.contrast, config.seed)  # type: ignore[arg-type]
+    on_rank0(group, lambda: write_json_atomic(groups_path(out), groups))
 
 
 def _prepare_out_dir(out: Path, config: StudyConfig) -> None:

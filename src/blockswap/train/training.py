@@ -535,7 +535,8 @@ def _finish(run: _Run) -> dict[str, Any]:
              "seconds": sum(r["seconds"] for r in history), "model": run.genotype.backbone.name,
              "blocks": list(run.genotype.blocks), "teacher": config.teacher,
              "pruning": config.pruning(),
-             "processes": run.dist.world, "device": run.dist.device.type, "precision": run.precision}
+             "processes": run.dist.world, "threads": torch.get_num_threads(), "device": run.dist.device.type,
+             "precision": run.precision}
     if run.dist.is_main:
         save_atomic(run.weights(last), run.out / "last.pt")
         write_json_atomic(run.out / "final.json", final)

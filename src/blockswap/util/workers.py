@@ -21,6 +21,7 @@ import importlib
 import os
 import pickle
 import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from typing import Any
@@ -72,6 +73,25 @@ def _start(parent: int, threads: int, plugins: list[str], modules: list[str], pa
                                                                               f"{type(e).__name__}: {e}")
 
 
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM while workers are spawned, then deliver them. A spawned worker reads its start
+    (the pool's payload, larger than a pipe) while it imports; a signal raised in the parent mid-write would leave
+    it a truncated pickle and a traceback on stderr. Outside the main thread, signals cannot be handled anyway."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    kept = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in kept.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(held):
+            signal.raise_signal(s)
+
+
 def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     """One job in a worker: the start's error if it failed, KeyboardInterrupt once the pool is stopping."""
     global _running
@@ -106,7 +126,8 @@ class WorkerPool:
 
     def run(self, fn: Callable[..., Any], jobs: Iterable[tuple[Any, ...]]) -> Iterator[Any]:
         """`fn(*job)` for every job, run in the workers; the results in completion order."""
-        futures: list[Future[Any]] = [self._pool.submit(_call, fn, job) for job in jobs]
+        with _signals_deferred():  # submitting spawns the workers
+            futures: list[Future[Any]] = [self._pool.submit(_call, fn, job) for job in jobs]
         try:
             for future in as_completed(futures):
                 yield future.result()
