@@ -37,6 +37,7 @@ from .space.blocks import (
     register_block_type,
     registered_block_types,
 )
+from .space.drawing import GenotypePlot, plot_genotype
 from .space.genotype import Genotype, GenotypeError, load_genotype
 from .space.latency import LatencyTable, check_latency_table, latency_table, measure_latency_table
 from .space.networks import BlockNetwork, Taps, build_network, fixed_costs
@@ -73,6 +74,7 @@ __all__ = [
     "Distributed",
     "EvalConfig",
     "EvalReport",
+    "GenotypePlot",
     "FastFisherScorer",
     "FisherScorer",
     "Recipe",
@@ -121,6 +123,7 @@ __all__ = [
     "normalize",
     "normalize_state_dict",
     "parse_budget",
+    "plot_genotype",
     "random_student",
     "read_candidates",
     "register_backbone",

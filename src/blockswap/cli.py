@@ -156,6 +156,9 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     _add_num_classes(p)
     p.add_argument("--row", type=int, default=0, help="data row of a multi-row CSV (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
+                   help="also draw the blocks as bars (height = body parameters, colour = type family, stages "
+                   "marked) to this PNG; needs matplotlib (pip install 'blockswap[study]')")
     p.set_defaults(func=_cmd_info)
 
 
@@ -194,8 +197,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
         rows.append({"index": i, "stage": stage, "type": name, "c_in": shape.c_in, "c_out": shape.c_out,
                      "stride": shape.stride, "body_params": t.params(shape.c_in, shape.c_out, shape.stride, post),
                      "body_macs": t.macs(shape.c_in, shape.c_out, shape.stride, shape.size_in)})
+    if args.plot is not None:
+        from .space.drawing import plot_genotype
+
+        plot_genotype(g, args.plot)
     if args.json:
-        print(json.dumps({**g.to_dict(), "params": g.params(), "macs": g.macs(), "per_block": rows}))
+        plot = {"plot": str(args.plot)} if args.plot is not None else {}
+        print(json.dumps({**g.to_dict(), "params": g.params(), "macs": g.macs(), "per_block": rows, **plot}))
         return 0
     print(f"{g.backbone.name}, {g.backbone.num_classes} classes, input {g.backbone.input_size}x{g.backbone.input_size}")
     width = max(9, *(len(r["type"]) for r in rows))
@@ -205,6 +213,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"{r['index']:>3} {r['stage']:>5} {r['type']:<{width}} {ch:>11} {r['stride']:>2} "
               f"{r['body_params']:>12,} {r['body_macs']:>12,}")
     print(f"params {g.params():,} ({format_count(g.params())})   MACs {g.macs():,} ({format_count(g.macs())})")
+    if args.plot is not None:
+        print(f"wrote {args.plot}")
     return 0
 
 

@@ -10,6 +10,10 @@ This module knows nothing about networks: it maps (C_in, C_out, stride) to a bod
 Every type a genotype may name resolves through one registry (`block_type`):
 the 23 published types are registered on import, and a user's type works
 everywhere a published one does once `register_block_type` has seen it.
+
+Two baselines of the paper's Table 2 are registered too but stay out of
+`DEFAULT_PALETTE`: `MBConv6` (MobileNetV2's inverted residual, a conv chain)
+and `DARTS` (the DARTS V2 cell, a small graph of ops, `CellBlockType`).
 """
 
 from __future__ import annotations
@@ -19,23 +23,30 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from ..util.errors import BlockSwapError
 from ..util.registry import Registry
 
-__all__ = ["ConvSpec", "BlockType", "Palette", "DEFAULT_PALETTE", "register_block_type", "block_type", "registered_block_types", "conv_out_size", "init_weights"]
+__all__ = ["ConvSpec", "BlockType", "Palette", "DEFAULT_PALETTE", "register_block_type", "block_type",
+           "registered_block_types", "conv_out_size", "init_weights", "CellSpec", "CellChain", "CellBlockType",
+           "DartsCell", "DARTS_V2", "BASELINE_NAMES"]
 
 
 @dataclass(frozen=True)
 class ConvSpec:
-    """One bias-free convolution of a body: channels, kernel, stride and group count."""
+    """One bias-free convolution of a body: channels, kernel, stride, group count and dilation.
+
+    Padding is `dilation * (kernel // 2)`, so dilation changes neither the count nor the output size.
+    """
 
     c_in: int
     c_out: int
     kernel: int
     stride: int = 1
     groups: int = 1
+    dilation: int = 1
 
     @property
     def params(self) -> int:
@@ -50,7 +61,8 @@ class ConvSpec:
             self.c_out,
             self.kernel,
             stride=self.stride,
-            padding=self.kernel // 2,
+            padding=self.dilation * (self.kernel // 2),
+            dilation=self.dilation,
             groups=self.groups,
             bias=False,
         )
@@ -129,6 +141,16 @@ def bottleneck_chain(b: int, gamma: Callable[[int], int]) -> ConvChain:
     return chain
 
 
+def inverted_residual_chain(expansion: int) -> ConvChain:
+    """MBConv: Conv1x1(C_in->e*C_in) -> DWConv3x3(e*C_in, s) -> Conv1x1(e*C_in->C_out) (MobileNetV2)."""
+
+    def chain(c_in: int, c_out: int, stride: int) -> list[ConvSpec]:
+        wide = expansion * c_in
+        return [ConvSpec(c_in, wide, 1), ConvSpec(wide, wide, 3, stride, wide), ConvSpec(wide, c_out, 1)]
+
+    return chain
+
+
 @dataclass(frozen=True)
 class BlockType:
     """A palette entry: a named residual-block body defined by its conv chain.
@@ -140,8 +162,9 @@ class BlockType:
     """
 
     name: str
-    family: str  # "S" standard, "G" grouped+pointwise, "B" bottleneck, or a user label
+    family: str  # "S" standard, "G" grouped+pointwise, "B" bottleneck, "baseline", or a user label
     chain: ConvChain
+    trailing_bn: bool = False  # end in BN in a pre-activation block too (MobileNetV2's linear bottleneck)
 
     def convs(self, c_in: int, c_out: int, stride: int) -> list[ConvSpec]:
         return self.chain(c_in, c_out, stride)
@@ -159,7 +182,7 @@ class BlockType:
         convs = self.convs(c_in, c_out, stride)
         total = sum(c.params for c in convs)
         total += sum(2 * c.c_out for c in convs[:-1])
-        if post_activation:
+        if post_activation or self.trailing_bn:
             total += 2 * convs[-1].c_out
         return total
 
@@ -181,10 +204,170 @@ class BlockType:
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         for i, spec in enumerate(convs, start=1):
             layers[f"conv{i}"] = spec.build()
-            if i < len(convs) or post_activation:
+            if i < len(convs) or post_activation or self.trailing_bn:
                 layers[f"bn{i}"] = nn.BatchNorm2d(spec.c_out)
             if i < len(convs):
                 layers[f"relu{i}"] = nn.ReLU(inplace=True)
+        return nn.Sequential(layers)
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One DARTS cell genotype: two (op, input) pairs per intermediate node and the nodes concatenated as output.
+
+    Inputs 0 and 1 are the two preprocessed cell inputs; node k (k >= 2) is the sum of ops 2(k-2) and 2(k-2)+1.
+    """
+
+    ops: tuple[tuple[str, int], ...]
+    concat: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not self.ops or len(self.ops) % 2:
+            raise ValueError("a cell needs two (op, input) pairs per intermediate node")
+        for i, (op, source) in enumerate(self.ops):
+            if op not in _CELL_OPS:
+                raise ValueError(f"cell op {op!r} is not supported; valid choices: {', '.join(_CELL_OPS)}")
+            if not 0 <= source < 2 + i // 2:
+                raise ValueError(f"cell op {i} reads state {source}, which is not computed before it")
+        if not self.concat or not all(0 <= k < 2 + len(self.ops) // 2 for k in self.concat):
+            raise ValueError(f"cell output {self.concat} names states the cell does not have")
+
+
+CellUnit = tuple[ConvSpec, ...]  # ReLU -> these convs back to back -> BN (DARTS's ReLUConvBN, DilConv, half a SepConv)
+
+
+def _sep_conv(c: int, stride: int) -> list[CellUnit]:
+    return [(ConvSpec(c, c, 3, stride, c), ConvSpec(c, c, 1)), (ConvSpec(c, c, 3, 1, c), ConvSpec(c, c, 1))]
+
+
+def _dil_conv(c: int, stride: int) -> list[CellUnit]:
+    return [(ConvSpec(c, c, 3, stride, c, dilation=2), ConvSpec(c, c, 1))]
+
+
+def _skip(c: int, stride: int) -> list[CellUnit]:
+    if stride != 1:
+        raise ValueError("skip_connect on a cell input of a reduction cell (DARTS's FactorizedReduce) is not supported")
+    return []
+
+
+# The DARTS ops a cell may use: each maps (channels, stride) to its parametrised units, in order.
+_CELL_OPS: dict[str, Callable[[int, int], list[CellUnit]]] = {
+    "sep_conv_3x3": _sep_conv,
+    "dil_conv_3x3": _dil_conv,
+    "skip_connect": _skip,
+    "max_pool_3x3": lambda c, stride: [],
+}
+
+# Liu et al. (ICLR 2019), genotypes.py of quark0/darts: the second-order search's CIFAR-10 cells.
+DARTS_V2 = (
+    CellSpec((("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+              ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)), (2, 3, 4, 5)),
+    CellSpec((("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1),
+              ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)), (2, 3, 4, 5)),
+)
+
+
+@dataclass(frozen=True)
+class CellChain:
+    """The chain of a cell type: its normal cell at stride 1, its reduction cell at stride 2.
+
+    Called like any chain it lists every conv of the cell (both preprocessing convs, then each op's in order);
+    `plan` says where each runs, which a flat list cannot.
+    """
+
+    normal: CellSpec
+    reduce: CellSpec
+
+    def plan(self, c_in: int, c_out: int, stride: int) -> tuple[CellSpec, int, list[CellUnit], list[list[CellUnit]]]:
+        """The cell used at this stride, its node width C = C_out / |concat|, the preprocessing units and each
+        op's units."""
+        if stride not in (1, 2):
+            raise ValueError(f"a cell has a normal (stride 1) and a reduction (stride 2) form, not stride {stride}")
+        cell = self.normal if stride == 1 else self.reduce
+        if c_out % len(cell.concat):
+            raise ValueError(f"{c_out} channels do not split into {len(cell.concat)} concatenated cell nodes")
+        width = c_out // len(cell.concat)
+        preprocess = [(ConvSpec(c_in, width, 1),), (ConvSpec(c_in, width, 1),)]
+        return cell, width, preprocess, [_CELL_OPS[op](width, stride if i < 2 else 1) for op, i in cell.ops]
+
+    def __call__(self, c_in: int, c_out: int, stride: int) -> list[ConvSpec]:
+        _, _, preprocess, ops = self.plan(c_in, c_out, stride)
+        return [conv for units in (preprocess, *ops) for unit in units for conv in unit]
+
+
+def _unit_module(unit: CellUnit) -> nn.Sequential:
+    """ReLU -> convs -> BN. Not in place: a cell reads one state from several ops, and the block its input."""
+    return nn.Sequential(nn.ReLU(inplace=False), *(c.build() for c in unit), nn.BatchNorm2d(unit[-1].c_out))
+
+
+def _op_module(op: str, units: list[CellUnit], stride: int) -> nn.Module:
+    if units:
+        return nn.Sequential(*(_unit_module(u) for u in units))
+    return nn.MaxPool2d(3, stride=stride, padding=1) if op == "max_pool_3x3" else nn.Identity()
+
+
+class DartsCell(nn.Module):
+    """A DARTS cell with both of its inputs fed by one tensor: preprocess twice, then nodes of summed op pairs."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, chain: CellChain) -> None:
+        super().__init__()
+        cell, _, preprocess, units = chain.plan(c_in, c_out, stride)
+        self.preprocess0, self.preprocess1 = (_unit_module(u) for u in preprocess)
+        self.ops = nn.ModuleList(_op_module(op, u, stride if i < 2 else 1) for (op, i), u in zip(cell.ops, units))
+        self.sources = [i for _, i in cell.ops]
+        self.concat = list(cell.concat)
+
+    def forward(self, x: Tensor) -> Tensor:
+        states = [self.preprocess0(x), self.preprocess1(x)]
+        for k in range(0, len(self.ops), 2):
+            states.append(self.ops[k](states[self.sources[k]]) + self.ops[k + 1](states[self.sources[k + 1]]))
+        return torch.cat([states[k] for k in self.concat], dim=1)
+
+
+@dataclass(frozen=True)
+class CellBlockType(BlockType):
+    """A block whose body is a DARTS cell: the normal cell where the block keeps its size, the reduction cell
+    where it strides.
+
+    Mapping a cell (two inputs, the outputs of the two cells before it) onto a block (one input):
+    - both cell inputs are the body's input (pre-activated in a WRN block), each through its own ReLU ->
+      Conv1x1(C_in->C) -> BN preprocessing, as in DARTS where neither input needs FactorizedReduce;
+    - C = C_out / 4, so the concatenated output (nodes 2..5) has the block's C_out channels and needs no
+      projection, as a DARTS cell's output is the next cell's 4C-channel input;
+    - the ops on the cell inputs of the reduction cell take the block's stride, as in DARTS;
+    - the block's own shortcut is kept and added to the cell's output; a post-activation (ResNet) body ends in
+      one more BN over C_out, like every other body of that style.
+    Counts are exact in closed form from `CellChain.plan`: every unit is ReLU -> convs -> BN, pooling and
+    identities have no parameters, and MACs count convolutions only (SPEC section 2), not max-pooling.
+    """
+
+    chain: CellChain
+
+    def params(self, c_in: int, c_out: int, stride: int, post_activation: bool = False) -> int:
+        """Closed-form trainable parameter count of the cell (convs + BN weight/bias) [+ trailing BN]."""
+        _, _, preprocess, ops = self.chain.plan(c_in, c_out, stride)
+        units = [u for group in (preprocess, *ops) for u in group]
+        total = sum(c.params for u in units for c in u) + sum(2 * u[-1].c_out for u in units)
+        return total + (2 * c_out if post_activation else 0)
+
+    def macs(self, c_in: int, c_out: int, stride: int, size: int) -> int:
+        """Closed-form multiply-accumulates of the cell's convs: an op on a cell input sees `size`, any other op
+        the output size."""
+        cell, _, preprocess, ops = self.chain.plan(c_in, c_out, stride)
+        total = sum(u[0].macs(size, size) for u in preprocess)
+        out_size = conv_out_size(size, 3, stride)
+        for (_, source), units in zip(cell.ops, ops):
+            h = size if source < 2 else out_size
+            for conv in (c for u in units for c in u):
+                h = conv_out_size(h, conv.kernel, conv.stride)
+                total += conv.macs(h, h)
+        return total
+
+    def build(self, c_in: int, c_out: int, stride: int, post_activation: bool = False) -> nn.Sequential:
+        """The body as `cell` [-> `bn`], so a post-activation block registers both under those names."""
+        layers: OrderedDict[str, nn.Module] = OrderedDict(cell=DartsCell(c_in, c_out, stride, self.chain))
+        if post_activation:
+            layers["bn"] = nn.BatchNorm2d(c_out)
         return nn.Sequential(layers)
 
 
@@ -276,6 +459,20 @@ def registered_block_types() -> dict[str, BlockType]:
 
 DEFAULT_PALETTE = Palette(register_block_type(t) for t in _published_types())
 PALETTE_NAMES: tuple[str, ...] = tuple(DEFAULT_PALETTE.names)
+
+
+def _baseline_types() -> list[BlockType]:
+    """Table 2's single-type baselines: registered so genotypes and `--palette` name them, never searched by default.
+
+    MBConv6 is MobileNetV2's inverted residual, one per block, expanding the block's input 6x; like MobileNetV2
+    and the published code's MBConv6 its projection ends in BN (no ReLU) in both block styles, and like that
+    code it uses ReLU, not ReLU6. The block's own shortcut is kept. DARTS is `CellBlockType` over `DARTS_V2`.
+    """
+    return [BlockType("MBConv6", "baseline", inverted_residual_chain(6), trailing_bn=True),
+            CellBlockType("DARTS", "baseline", CellChain(*DARTS_V2))]
+
+
+BASELINE_NAMES: tuple[str, ...] = tuple(register_block_type(t).name for t in _baseline_types())
 
 
 def init_weights(module: nn.Module) -> None:
