@@ -36,9 +36,9 @@ from search_speed import candidates_parser, default_data_dir
 from torch import Tensor, nn
 
 import blockswap as bs
-from blockswap.util.counts import format_count
 from blockswap.data import probe_images
 from blockswap.search.pool import build_candidate, score_genotype
+from blockswap.util.counts import format_count
 
 
 @dataclass

@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 
 import torch
+from search_speed import candidates_parser, default_data_dir
 
 import blockswap as bs
 from blockswap.cli import _positive_int
-from blockswap.util.counts import format_count
 from blockswap.search.run import DEFAULT_RESCORE_FRACTION, DEFAULT_SCREEN_BATCH, screen_key
-from search_speed import candidates_parser, default_data_dir
+from blockswap.util.counts import format_count
 
 
 def _search(config: bs.SearchConfig, out: Path, workers: int) -> tuple[bs.SearchResult, float]:

@@ -30,10 +30,10 @@ import torch
 from scipy.stats import spearmanr
 
 import blockswap as bs
-from blockswap.util.counts import format_count
 from blockswap.cli import _positive_int
 from blockswap.data import probe_images
 from blockswap.search.pool import ScoringPool, score_genotype
+from blockswap.util.counts import format_count
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO.parent / "shared" / "data" / "cifar10" / "build.py"

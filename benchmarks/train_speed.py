@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 
 import blockswap as bs
 from blockswap.data.cifar import CIFAR10_MEAN, CIFAR10_STD, augment
-from blockswap.util.precision import resolve_precision
 from blockswap.train.training import TapsModule, train_step
+from blockswap.util.precision import resolve_precision
 
 
 class PerImageCifar(Dataset):
