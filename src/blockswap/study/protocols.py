@@ -112,11 +112,12 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 1.6 + 0.55 * len(rows)), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 1.6 + 0.55 * len(rows)), sharey=True,
+                             gridspec_kw={"width_ratios": [1, 1, 0.6]})
     panels = (("seed_spearman", "seed-to-seed Spearman", TARGET_SPEARMAN), ("icc", "one-way ICC", TARGET_ICC))
     labels = [f"{r['protocol']}\n{r['candidates_finished']} cand., {_fmt(r['run_minutes'], 1)} min/run" for r in rows]
     y = np.arange(len(rows))[::-1]  # the first protocol on top
-    for ax, (key, label, target) in zip(axes, panels):
+    for ax, (key, label, target) in zip(axes[:2], panels):
         for i, r in enumerate(rows):
             low, high = r[f"{key}_low"], r[f"{key}_high"]
             bar = [[r[key] - low], [high - r[key]]] if math.isfinite(low) and math.isfinite(high) else None
@@ -128,6 +129,10 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
         ax.set_xlabel(f"{label} (95% interval)")
         ax.legend(fontsize=8, loc="lower left")
     axes[0].set_yticks(y, labels, fontsize=8)
+    sd = [r["seed_sd_pct"] for r in rows]
+    axes[2].barh(y, sd, color=[f"C{i}" for i in range(len(rows))], height=0.5)
+    axes[2].set_xlabel("seed SD of one run's error (points)")
+    axes[2].set_xlim(0, max([v for v in sd if math.isfinite(v)], default=1.0) * 1.15)
     save_png(fig, path)
 
 
