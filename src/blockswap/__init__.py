@@ -1,6 +1,6 @@
 """BlockSwap: Fisher-guided block substitution for network compression on a budget.
 
-`import blockswap as bs` gives the public API used in the README. The three
+`import blockswap as bs` gives the public API (docs/python-api.md). The three
 registries (`register_backbone`, `register_block_type`, `register_scorer`)
 are how a user extends the tool without editing it.
 """

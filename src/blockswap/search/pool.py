@@ -56,7 +56,7 @@ def score_genotype(genotype: Genotype, index: int, seed: int, batch: tuple[Tenso
     """Build candidate `index` with its seed on the batch's device and score it.
 
     With `inits` > 1, the score is the average over that many initialisations
-    (`blockswap.scoring.proxies.average_scores`; draw 0 is the single-initialisation one).
+    (`blockswap.scoring.scorer.average_scores`; draw 0 is the single-initialisation one).
     """
     scores = [scorer(build_candidate(genotype, seed, index, draw).to(batch[0].device), batch)
               for draw in range(inits)]

@@ -15,10 +15,14 @@ each with the given recipe for every training seed, and writes:
 - `report.md`: the table, best proxy first, and `proxies.png`: each proxy
   against error, one panel per proxy, its Spearman in the title.
 
+A contrast study (`contrast` set) first scores the whole pool as searches do
+(`pool/<ranking>/`), records the groups it trains in `groups.json` (Fisher's
+top, random and bottom; `blockswap.study.contrast`), and trains only those.
+
 Proxy names: a registered scorer at initialisation (`fisher`), the same after
 k SGD steps of the recipe (`fisher@10`), and, with `inits` > 1, the average
-over that many initialisations (`fisher.mean4`; `blockswap.scoring.proxies.average_scores`).
-`study_samples` then answers section 4.3 from the finished pool: the expected
+over that many initialisations (`fisher.mean4`; `blockswap.scoring.scorer.average_scores`).
+`study_samples` (`study/report.py`) then answers section 4.3 from the finished pool: the expected
 error of the best-by-proxy of n samples, against a random pick and the oracle.
 """
 
