@@ -38,22 +38,28 @@ def _grad_worker(rank: int, init_file: str, out: str) -> None:
     torch.set_num_threads(1)  # two processes share two cores
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        place = setup_distributed(torch.device("cpu"))
-        assert (place.rank, place.world, place.owns_group) == (rank, WORLD, False)
-        student, teacher, x, y = _problem()
-        model = DistributedDataParallel(TapsModule(student))
-        model.eval()  # BN on running statistics: per-process batch statistics would differ from the global batch's
-        local = GLOBAL_BATCH // WORLD
-        part = slice(rank * local, (rank + 1) * local)
-        parts, _ = forward_loss(model, teacher, x[part], y[part], DISTILL)
-        parts.total.backward()
-        torch.save({n: p.grad for n, p in student.named_parameters()}, Path(out) / f"grad{rank}.pt")
-        bn = torch.nn.BatchNorm2d(3)
-        bn(x[part])  # each process updates its running statistics from its own images
-        place.broadcast_buffers(bn)
-        torch.save(bn.running_mean, Path(out) / f"bn{rank}.pt")
+        _save_grads_and_stats(rank, out)
+        dist.barrier()  # both ranks are done with every collective before either tears the group down
     finally:
         dist.destroy_process_group()
+
+
+def _save_grads_and_stats(rank: int, out: str) -> None:
+    """One rank's share of the check; the DDP module dies here, before its process group is destroyed."""
+    place = setup_distributed(torch.device("cpu"))
+    assert (place.rank, place.world, place.owns_group) == (rank, WORLD, False)
+    student, teacher, x, y = _problem()
+    model = DistributedDataParallel(TapsModule(student))
+    model.eval()  # BN on running statistics: per-process batch statistics would differ from the global batch's
+    local = GLOBAL_BATCH // WORLD
+    part = slice(rank * local, (rank + 1) * local)
+    parts, _ = forward_loss(model, teacher, x[part], y[part], DISTILL)
+    parts.total.backward()
+    torch.save({n: p.grad for n, p in student.named_parameters()}, Path(out) / f"grad{rank}.pt")
+    bn = torch.nn.BatchNorm2d(3)
+    bn(x[part])  # each process updates its running statistics from its own images
+    place.broadcast_buffers(bn)
+    torch.save(bn.running_mean, Path(out) / f"bn{rank}.pt")
 
 
 def test_averaged_gradient_equals_single_process_gradient(tmp_path: Path) -> None:
