@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,10 @@ from .space.blocks import block_type
 from .space.genotype import Genotype, load_genotype
 from .space.latency import DEFAULT_MIN_TIME, check_latency_table, latency_table
 from .space.sampling import uniform_genotypes
+from .study.compare import CompareConfig, run_compare
 from .study.config import StudyConfig, require_extra
+from .study.mixing import MixingConfig, run_mixing
+from .study.placement import PlacementConfig, run_placement, study_goodbad
 from .study.protocols import compare_protocols
 from .study.report import parse_sizes, study_samples
 from .study.run import run_study
@@ -500,6 +503,65 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     c.add_argument("studies", nargs="+", type=Path, help="study folders, one per training protocol")
     c.add_argument("--out", required=True, type=Path, help="folder for protocols.csv, protocols.md, protocols.png")
     c.set_defaults(func=_cmd_study_protocols)
+    for kind, (config_class, runner, summary, description) in _COHORT_STUDIES.items():
+        k = kinds.add_parser(kind, help=summary, description=description + " Rerun the same command to resume: "
+                             "finished training runs are not repeated. Works under torchrun (students split over "
+                             "ranks).")
+        add_options(k, config_class)
+        k.add_argument("--workers", type=_positive_int, default=1,
+                       help="training runs at once, each in its own process with an equal share of the CPU threads "
+                       "(several share one GPU) (default: 1)")
+        _add_resumable_options(k)
+        k.set_defaults(func=_cmd_cohort_study, config_class=config_class, runner=runner)
+    g = kinds.add_parser("goodbad", help="block types and positions of the good and bad students of a study",
+                         description="From a finished study's results.csv (study mixing, rank or compare), the "
+                         "students whose error lies more than --sd standard deviations below (good) or above (bad) "
+                         "the mean: their block types and positions counted, and a drawing of the best good and "
+                         "the worst bad genotype; writes goodbad.csv, goodbad.md, good.png and bad.png there.")
+    g.add_argument("--study", required=True, type=Path, help="folder of a finished study")
+    g.add_argument("--sd", type=float, default=2.0, help="standard deviations from the mean (default: 2, the paper's)")
+    g.set_defaults(func=_cmd_study_goodbad)
+
+
+_COHORT_STUDIES: dict[str, tuple[type, Callable[..., dict[str, Any]], str, str]] = {
+    "mixing": (MixingConfig, run_mixing, "single-type students against random mixed ones at a budget (Fig. 2)",
+               "Train every single-type network inside the --budget window and --candidates random mixed-blocktype "
+               "genotypes of the budget, and write results.csv, mixing.json, report.md and mixing.png (the density "
+               "of the mixed students' errors, each single type's as a line) to --out."),
+    "placement": (PlacementConfig, run_placement, "one block at a time swapped for a cheap type (Fig. 4)",
+                  "Train the all-Conv teacher network and, for every block position, that network with the block "
+                  "alone swapped for --type; write results.csv, placement.json, report.md and placement.png (error "
+                  "and parameters per position, coloured by stage) to --out."),
+    "compare": (CompareConfig, run_compare, "BlockSwap's pick against random, single-type, scaled and pruned "
+                "students (Tables 2/6, Fig. 3)",
+                "At each of --budgets: BlockSwap's pick from a search of --samples candidates, --random random "
+                "genotypes and the teacher pruned by each --prune method; besides, the single types inside a budget "
+                "window, every --types network and the --scaled models; all trained from one teacher (trained "
+                "here first unless --teacher names one) once per --train-seeds entry. Writes results.csv, "
+                "compare.json, report.md (the Table 2 layout) and compare.png (error against parameters)."),
+}
+
+
+def _cmd_cohort_study(args: argparse.Namespace) -> int:
+    config = args.config_class(**values(args, args.config_class))
+    device = _device(args.device)
+    if device.type == "cpu" and args.workers > usable_cores():
+        raise BlockSwapError(f"--workers {args.workers} exceeds the {usable_cores()} CPU cores this process may use")
+    place = setup_distributed(device)
+    try:
+        report = args.runner(config, args.out, workers=args.workers, device=place.device,
+                             progress=place.is_main and not args.quiet, group=place.group)
+    finally:
+        place.close()
+    if place.is_main:
+        print("\n".join(report["summary"]))
+    return 0
+
+
+def _cmd_study_goodbad(args: argparse.Namespace) -> int:
+    report = study_goodbad(args.study, args.sd)
+    print("\n".join(report["summary"]))
+    return 0
 
 
 def _cmd_study_rank(args: argparse.Namespace) -> int:

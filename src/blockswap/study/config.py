@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..scoring.scorer import scorer_info, scorer_names
-from ..space.backbones import get_backbone
+from ..space.backbones import Backbone, get_backbone
 from ..space.genotype import Genotype
 from ..space.sampling import DEFAULT_TOLERANCE, sample_genotypes
 from ..train.training import TrainConfig
@@ -20,7 +20,7 @@ from ..util.options import check_fields, comma_separated, each, fraction, from_r
 from ..util.recipe import Recipe
 from ..util.rundir import read_json
 
-__all__ = ["StudyConfig", "parse_proxy", "trained_indices", "DEFAULT_PROXIES"]
+__all__ = ["CohortConfig", "StudyConfig", "parse_proxy", "trained_indices", "DEFAULT_PROXIES"]
 
 DEFAULT_PROXIES = ("fisher", "fisher_convs", "grad_norm", "snip", "grasp", "synflow", "naswot", "jacob_cov", "l2",
                    "params", "macs", "fisher@1", "fisher@10", "grad_norm@1", "grad_norm@10", "l2@1", "l2@10",
@@ -52,17 +52,57 @@ def parse_proxy(name: str) -> tuple[str, int]:
     return base, int(steps)
 
 
-@dataclass
-class StudyConfig(Recipe):
+@dataclass(kw_only=True)
+class CohortConfig(Recipe):
+    """What every study that trains students shares: the data, the teacher network, how each student is trained
+    (`Recipe`'s fields, the subsets, the training seeds) and the seed of whatever the study draws at random."""
+
+    data_dir: str = field(metadata=option(
+        "CIFAR-10 folder (downloaded there if missing) or an image folder: probe batch and training"))
+    model: str = field(default="wrn-16-2", metadata=option("the teacher whose blocks are swapped"))
+    seed: int = field(default=0, metadata=option(
+        "fixes the pool, the initial weights and the probe batch (of --batch-size images: the training batch, as in "
+        "the paper)", check=seed_int))
+    tolerance: float = field(default=DEFAULT_TOLERANCE, metadata=option("budget window, as for search",
+                                                                        check=fraction))
+    train_subset: int | None = field(default=None, metadata=option("train on the first N images only",
+                                                                   check=positive_int))
+    test_subset: int | None = field(default=None, metadata=option("test on the first N images only",
+                                                                  check=positive_int))
+    train_seeds: list[int] = field(default_factory=lambda: [0], metadata=option(
+        "comma-separated training seeds; each student is trained once per seed, its error is the mean, and two "
+        "seeds give the noise ceiling", parse=_seeds, metavar="SEEDS",
+        check=each(seed_int, "one or more whole numbers in [0, 2**63)")))
+    teacher: str | None = field(default=None, metadata=option(
+        "teacher weight file: train every student with attention transfer from it (default: cross-entropy only)"))
+
+    def check_cohort(self) -> None:
+        """Refuse settings no student can be trained with, naming the first bad one."""
+        check_fields(self)
+        self.train_seeds = list(self.train_seeds)
+        if len(set(self.train_seeds)) != len(self.train_seeds):
+            raise BlockSwapError(f"training seeds must be distinct, got {self.train_seeds}")
+        self.train_config(Genotype.uniform(self.backbone()), self.train_seeds[0]).validate()
+
+    def backbone(self) -> Backbone:
+        return get_backbone(self.model)
+
+    def train_config(self, genotype: Genotype, seed: int, prune: str | None = None,
+                     prune_budget: int | None = None) -> TrainConfig:
+        """The training run of one student for one seed (a pruned teacher when `prune` is given)."""
+        return TrainConfig(genotype=genotype, data_dir=self.data_dir, teacher=self.teacher,
+                           train_subset=self.train_subset, test_subset=self.test_subset, seed=seed,
+                           prune=prune, prune_budget=prune_budget, **self.recipe_settings())
+
+
+@dataclass(kw_only=True)
+class StudyConfig(CohortConfig):
     """Everything that determines a ranking study's pool, scores and training runs; saved as config.json.
 
     The recipe every candidate is trained with (and the NAME@K proxies' steps take) is `Recipe`'s fields.
     """
 
     budget: int = field(metadata=option("parameter budget of the pool, e.g. 200k", parse=parse_budget))
-    data_dir: str = field(metadata=option(
-        "CIFAR-10 folder (downloaded there if missing) or an image folder: probe batch and training"))
-    model: str = field(default="wrn-16-2", metadata=option("the teacher whose blocks are swapped"))
     candidates: int = field(default=30, metadata=option("students sampled (seeded) and trained", check=positive_int))
     proxies: list[str] = field(default_factory=lambda: list(DEFAULT_PROXIES), metadata=option(
         "comma-separated proxies: registered scorers, NAME@K for the value after K SGD steps of the recipe "
@@ -74,21 +114,6 @@ class StudyConfig(Recipe):
     average: list[str] | None = field(default=None, metadata=option(
         "comma-separated at-initialisation proxies averaged over --inits (default: all that depend on the weights)",
         parse=comma_separated, metavar="NAMES"))
-    seed: int = field(default=0, metadata=option(
-        "fixes the pool, the initial weights and the probe batch (of --batch-size images: the training batch, as in "
-        "the paper)", check=seed_int))
-    tolerance: float = field(default=DEFAULT_TOLERANCE, metadata=option("budget window, as for search",
-                                                                        check=fraction))
-    train_subset: int | None = field(default=None, metadata=option("train on the first N images only",
-                                                                   check=positive_int))
-    test_subset: int | None = field(default=None, metadata=option("test on the first N images only",
-                                                                  check=positive_int))
-    train_seeds: list[int] = field(default_factory=lambda: [0], metadata=option(
-        "comma-separated training seeds; each candidate is trained once per seed, the target is the mean error, "
-        "and two seeds give the noise ceiling", parse=_seeds, metavar="SEEDS",
-        check=each(seed_int, "one or more whole numbers in [0, 2**63)")))
-    teacher: str | None = field(default=None, metadata=option(
-        "teacher weight file: train every candidate with attention transfer from it (default: cross-entropy only)"))
     contrast: int | None = field(default=None, metadata=option(
         "a contrast study: score all --candidates as a search does, then train only Fisher's top N, N drawn at "
         "random and Fisher's bottom N (and the top N of fisher.meanK with --inits K, and of the screened search, "
@@ -119,17 +144,7 @@ class StudyConfig(Recipe):
             if wrong:
                 raise BlockSwapError(f"--average takes at-initialisation proxies of --proxies that depend on the "
                                      f"weights; not {', '.join(wrong)}")
-        self.train_seeds = list(self.train_seeds)
-        if len(set(self.train_seeds)) != len(self.train_seeds):
-            raise BlockSwapError(f"training seeds must be distinct, got {self.train_seeds}")
-        get_backbone(self.model)
-        self.train_config(Genotype.uniform(get_backbone(self.model)), self.train_seeds[0]).validate()
-
-    def train_config(self, genotype: Genotype, seed: int) -> TrainConfig:
-        """The training run of one candidate for one seed."""
-        return TrainConfig(genotype=genotype, data_dir=self.data_dir, teacher=self.teacher,
-                           train_subset=self.train_subset, test_subset=self.test_subset, seed=seed,
-                           **self.recipe_settings())
+        self.check_cohort()
 
     def columns(self) -> list[str]:
         """The proxy columns of results.csv: every proxy, then the averaged at-initialisation ones."""
