@@ -94,6 +94,11 @@ class CohortConfig(Recipe):
                            train_subset=self.train_subset, test_subset=self.test_subset, seed=seed,
                            prune=prune, prune_budget=prune_budget, **self.recipe_settings())
 
+    @classmethod
+    def from_dict(cls, data: Any) -> CohortConfig:
+        """The config a study folder's config.json records."""
+        return from_record(cls, data, "study config")
+
 
 @dataclass(kw_only=True)
 class StudyConfig(CohortConfig):
