@@ -196,8 +196,26 @@ def test_an_interrupted_write_leaves_the_old_file(tmp_path: Path, monkeypatch: p
 
     monkeypatch.setattr(torch.jit, "save", killed_while_saving)
     with pytest.raises(KeyboardInterrupt):
-        export_network(genotype.build(), images(genotype, 2), "torchscript", out, check_batch=3)
+        export_network(genotype.build(), images(genotype, 2), "torchscript", out, check_batch=3, force=True)
     assert out.read_bytes() == b"old" and only_file(tmp_path) == out
+
+
+def test_export_never_writes_over_the_weights_it_reads_or_an_existing_file(tmp_path: Path) -> None:
+    path, _ = student_checkpoint(tmp_path)
+    weights = path.read_bytes()
+    for force in (False, True):
+        with pytest.raises(BlockSwapError, match="is the weight file being exported"):
+            export_checkpoint(path, "torchscript", tmp_path / "." / "best.pt", force=force)
+    other_run = tmp_path / "other-run"
+    other_run.mkdir()
+    (other_run / "best.pt").write_bytes(b"another run's weights")
+    with pytest.raises(BlockSwapError, match="exists; name a new file, or pass --force to replace it"):
+        export_checkpoint(path, "torchscript", other_run / "best.pt")
+    assert path.read_bytes() == weights and (other_run / "best.pt").read_bytes() == b"another run's weights"
+    with pytest.raises(BlockSwapError, match="--out is empty"):
+        export_checkpoint(path, "torchscript", "")
+    export_checkpoint(path, "torchscript", other_run / "best.pt", force=True)  # told to: replaced
+    assert torch.jit.load(str(other_run / "best.pt")) is not None
 
 
 def student_checkpoint(tmp_path: Path) -> tuple[Path, Genotype]:

@@ -108,11 +108,24 @@ def _onnx_packages() -> Any:
     return importlib.import_module("onnxruntime")
 
 
-def _target(out: str | Path) -> Path:
-    """The file to write, its folder created; a folder named as the file is refused."""
+def _check_target(out: str | Path, force: bool, reads: str | Path | None = None) -> Path:
+    """The file to write. Refused: a folder, the weight file being exported (always), and any existing file unless
+    `force` (it may be another run's weights)."""
+    if not str(out).strip():
+        raise BlockSwapError("--out is empty; name the file to write")
     out = Path(out)
     if out.is_dir():
         raise BlockSwapError(f"--out {out} is a folder; name the file to write")
+    if reads is not None and out.exists() and out.resolve() == Path(reads).resolve():
+        raise BlockSwapError(f"--out {out} is the weight file being exported; name another file")
+    if out.exists() and not force:
+        raise BlockSwapError(f"--out {out} exists; name a new file, or pass --force to replace it")
+    return out
+
+
+def _target(out: str | Path, force: bool) -> Path:
+    """The checked file to write, its folder created."""
+    out = _check_target(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -174,6 +187,7 @@ def export_network(
     check_batch: int,
     tolerance: float = 1e-4,
     seed: int = 0,
+    force: bool = False,
 ) -> ExportReport:
     """Write a CPU `model` in eval mode as `fmt` to `out`, then check the file against PyTorch at `check_batch`.
 
@@ -181,7 +195,8 @@ def export_network(
     `check_batch` seeded random images of the same shape, a batch size the
     export did not see. A largest absolute difference above `tolerance` (or a
     file that cannot run at that batch) raises BlockSwapError and keeps the
-    file for inspection. The model's training mode is restored afterwards.
+    file for inspection. The model's training mode is restored afterwards. An existing `out` is replaced only
+    with `force`.
     """
     _check_settings(fmt, check_batch, tolerance)
     if fmt == "onnx":
@@ -191,7 +206,7 @@ def export_network(
                              f"(shape {list(example_input.shape)}), to show that the batch axis is dynamic")
     if any(t.device.type != "cpu" for t in chain(model.parameters(), model.buffers(), [example_input])):
         raise BlockSwapError("export runs on the CPU: move the model and the example input there (.cpu())")
-    out = _target(out)
+    out = _target(out, force)
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn((check_batch, *example_input.shape[1:]), generator=generator, dtype=example_input.dtype)
@@ -241,18 +256,21 @@ def export_checkpoint(
     batch_size: int = 8,
     tolerance: float = 1e-4,
     seed: int = 0,
+    force: bool = False,
 ) -> ExportReport:
     """Export the network of a weight file (student, teacher or bare ResNet state dict) and check its parity.
 
     The network is loaded with `weights.teachers.load_network` on the CPU; the
     export sees a batch of 2 images (3 when `batch_size` is 2) of the
     backbone's input size, and the check runs `batch_size` others (see
-    `export_network`).
+    `export_network`). `out` is never `path` itself, and an existing `out` is replaced only with `force`.
     """
     _check_settings(fmt, batch_size, tolerance)
+    _check_target(out, force, reads=path)  # before the weights are read: a refused --out costs nothing
     model, genotype, _ = load_network(path, map_location="cpu")
     b = genotype.backbone
     example = torch.randn(_example_batch(batch_size), b.in_channels, b.input_size, b.input_size,
                           generator=torch.Generator().manual_seed(seed + 1))
-    report = export_network(model, example, fmt, out, check_batch=batch_size, tolerance=tolerance, seed=seed)
+    report = export_network(model, example, fmt, out, check_batch=batch_size, tolerance=tolerance, seed=seed,
+                            force=force)
     return replace(report, checkpoint=str(path))
