@@ -384,7 +384,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="weight file")
     p.add_argument("--format", required=True, choices=FORMATS, help="onnx (dynamic batch axis, input 'images', "
                    "output 'logits') or torchscript (torch.jit.trace)")
-    p.add_argument("--out", required=True, type=Path, help="file to write (its folder is created if missing)")
+    p.add_argument("--out", required=True, type=Path, help="file to write (its folder is created if missing); an "
+                   "existing file is refused unless --force, the --checkpoint file always")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--batch-size", type=_positive_int, default=_EXPORT_DEFAULTS["batch_size"],
                    help="images in the parity check; the export sees a batch of another size "
                    f"(default: {_EXPORT_DEFAULTS['batch_size']})")
@@ -396,7 +398,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     report = export_checkpoint(args.checkpoint, args.format, args.out, batch_size=args.batch_size,
-                               tolerance=args.tolerance)
+                               tolerance=args.tolerance, force=args.force)
     print(report.summary())
     return 0
 
