@@ -86,6 +86,55 @@ def test_an_unreadable_image_stops_with_its_path_in_one_line(image_folder: Path,
     assert str(bad) in str(e.value) and "\n" not in str(e.value) and "stops rather than skipping" in str(e.value)
 
 
+def test_a_dangling_image_link_stops_with_its_path(image_folder: Path, tmp_path: Path) -> None:
+    root = _copy(image_folder, tmp_path)
+    link = root / "train" / "cat" / "zz-moved.jpg"
+    link.symlink_to(tmp_path / "nowhere.jpg")
+    with pytest.raises(DataError, match=r"zz-moved.jpg is a link to nothing"):
+        open_image_folder(root, 32)
+
+
+def test_a_folder_of_one_class_is_refused(image_folder: Path, tmp_path: Path) -> None:
+    root = _copy(image_folder, tmp_path)
+    for split in ("train", "val"):
+        for extra in sorted((root / split).iterdir())[1:]:
+            shutil.rmtree(extra)
+    with pytest.raises(DataError, match="holds one class folder .*needs two or more classes"):
+        open_image_folder(root, 32)
+
+
+def _flat(path: Path, image: Image.Image) -> float:
+    image.save(path)
+    return float(decode_eval(str(path), 16).float().mean())
+
+
+def test_every_pillow_mode_decodes_to_the_rgb_it_shows(tmp_path: Path) -> None:
+    grey16 = Image.fromarray(np.full((20, 24), 128 * 257, np.uint16))
+    assert grey16.mode.startswith("I;16") and _flat(tmp_path / "g16.png", grey16) == 128  # not all white
+    assert _flat(tmp_path / "f.tif", Image.fromarray(np.full((20, 24), 0.5, np.float32), "F")) == 128  # not black
+    assert _flat(tmp_path / "i32.tif", Image.fromarray(np.full((20, 24), 64 * 257, np.int32), "I")) == 64
+    assert _flat(tmp_path / "clear.png", Image.new("RGBA", (24, 20), (255, 255, 255, 0))) == 0  # over black
+    assert _flat(tmp_path / "half.png", Image.new("LA", (24, 20), (200, 255))) == 200
+    palette = Image.new("P", (24, 20), 3)
+    palette.putpalette([0, 0, 0] * 3 + [10, 20, 30] + [0, 0, 0] * 252)
+    path = tmp_path / "p.png"
+    palette.save(path)
+    assert decode_eval(str(path), 16)[:, 0, 0].tolist() == [10, 20, 30]
+    bright = Image.fromarray(np.full((20, 24), 2.0, np.float32), "F")
+    with pytest.raises(DataError, match=r"f2.tif is a float image with values outside \[0, 1\]"):
+        _flat(tmp_path / "f2.tif", bright)
+
+
+def test_the_exif_orientation_is_applied_before_cropping(tmp_path: Path) -> None:
+    image = Image.new("RGB", (60, 40), (0, 0, 0))
+    image.paste((255, 0, 0), (0, 0, 30, 40))  # red left half, stored sideways
+    exif = image.getexif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise: the red half on top
+    image.save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    red = decode_eval(str(tmp_path / "turned.jpg"), 32)[0].float()
+    assert red[:8].mean() > 240 and red[-8:].mean() < 15
+
+
 def test_random_resized_box_stays_inside_with_area_and_aspect_in_range() -> None:
     rng = np.random.default_rng(0)
     for _ in range(500):

@@ -15,7 +15,15 @@ Each training image's crop and flip come from a generator seeded by
 (seed, epoch, image index), so a batch is the same whichever worker decodes
 it, and a resumed run replays an uninterrupted one. An image that cannot be
 decoded stops the run with its path: skipping it would change what every later
-epoch sees. Files with other suffixes are ignored.
+epoch sees; so does a dangling link with an image suffix. Files with other
+suffixes are ignored.
+
+Every Pillow mode becomes 8-bit RGB as it looks: 16-bit images are scaled by
+1/257 (65535 -> 255), 32-bit integer images are read as 16-bit values, float
+images as values in [0, 1] (others are refused by path), palette images through
+their palette, transparency composited over black, and the EXIF orientation is
+applied before cropping. A folder of fewer than two classes is refused: a
+classifier of one class has nothing to learn and every Fisher score is 0.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -89,11 +97,18 @@ def _scan(root: Path, split: str) -> tuple[list[str], list[str], list[int]]:
     classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
     if not classes:
         raise DataError(f"{folder} holds no class folders; put each class's images in {folder}/<class>/")
+    if len(classes) < 2:
+        raise DataError(f"{folder} holds one class folder ({classes[0]}); a classifier needs two or more classes")
     paths: list[str] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
-        files = sorted(e.path for e in os.scandir(folder / name) if e.is_file() and not e.name.startswith(".")
-                       and Path(e.name).suffix.lower() in IMAGE_SUFFIXES)
+        entries = [e for e in os.scandir(folder / name)
+                   if not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_SUFFIXES]
+        dangling = sorted(e.path for e in entries if e.is_symlink() and not e.is_file() and not e.is_dir())
+        if dangling:
+            raise DataError(f"{dangling[0]} is a link to nothing ({len(dangling)} such in {folder / name}); fix or "
+                            "remove it (blockswap stops rather than skipping an image)")
+        files = sorted(e.path for e in entries if e.is_file())
         if not files:
             raise DataError(f"class folder {folder / name} holds no images "
                             f"({', '.join(sorted(IMAGE_SUFFIXES))}); remove it or add its images")
@@ -148,20 +163,47 @@ def random_resized_box(width: int, height: int, rng: np.random.Generator) -> tup
 Box = tuple[float, float, float, float]
 
 
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+
+
+def _rgb(img: Image.Image, path: str) -> Image.Image:
+    """`img` as 8-bit RGB as it looks: high bit depths and floats scaled, palettes and transparency resolved."""
+    mode = img.mode
+    if mode.startswith("I") or mode == "F":
+        values = np.asarray(img)
+        if mode == "F":
+            if not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1):
+                raise DataError(f"{path} is a float image with values outside [0, 1] ({values.min():.4g} to "
+                                f"{values.max():.4g}); convert it to 8-bit first")
+            eight = np.rint(values * 255)
+        else:
+            if values.min() < 0 or values.max() > 65535:
+                raise DataError(f"{path} is a {mode} image with values outside 0-65535; convert it to 8-bit first")
+            eight = np.rint(values.astype(np.float64) / 257)
+        return Image.fromarray(eight.astype(np.uint8), "L").convert("RGB")
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
+    return img.convert("RGB")
+
+
 def _open(path: str, box_of: Callable[[int, int], Box], size: int) -> Image.Image:
-    """The region `box_of(width, height)` of the image at `path` resized to `size` x `size` RGB, read with one
-    open (the header gives the size the box needs) and decoded no larger than the box needs."""
+    """The region `box_of(width, height)` of the image at `path` (upright by its EXIF orientation) resized to
+    `size` x `size` RGB, read with one open (the header gives the size the box needs) and decoded no larger than
+    the box needs."""
     try:
         with Image.open(path) as img:
+            if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+                img = ImageOps.exif_transpose(img)  # decodes in full: the draft below applies to upright files only
             width, height = img.size
             box = box_of(width, height)
             crop_w, crop_h = box[2] - box[0], box[3] - box[1]
             scale = size / min(crop_w, crop_h)  # the crop must keep at least `size` pixels each way after DCT scaling
-            if scale < 1:
+            if scale < 1 and img.format == "JPEG":
                 img.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
             fx, fy = img.size[0] / width, img.size[1] / height
             scaled = (box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy)
-            return img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR, box=scaled)
+            return _rgb(img, path).resize((size, size), Image.Resampling.BILINEAR, box=scaled)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise DataError(f"cannot decode image {path} ({type(e).__name__}: {e}); remove or replace it (blockswap "
                         "stops rather than skipping an image, so every epoch sees the same images)") from None
