@@ -145,3 +145,14 @@ def test_the_folder_is_claimed_once_for_one_configuration(cifar_root: Path, tmp_
 def test_csv_cells_keep_commas_and_leave_missing_values_empty(tmp_path: Path) -> None:
     write_cohort_csv(tmp_path / "r.csv", [{"name": "a,b", "macs": None, "err": float("nan"), "x": 0.1}])
     assert (tmp_path / "r.csv").read_text() == 'name,macs,err,x\n"a,b",,,0.1\n'
+
+
+def test_an_edited_final_record_is_refused(trained: Path, cifar_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "edited"
+    shutil.copytree(trained, out)
+    final_path = out / "students" / "all-G4B2" / "seed-0" / "final.json"
+    final = json.loads(final_path.read_text())
+    final["blocks"] = ["Conv", "Conv", "Conv"]
+    final_path.write_text(json.dumps(final))
+    with pytest.raises(BlockSwapError, match=r"all-G4B2/seed-0/final.json is not the record of the run"):
+        cohort_rows(_config(cifar_root), STUDENTS, out)

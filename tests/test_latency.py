@@ -130,6 +130,19 @@ def test_cache_is_reused_grown_and_refreshed(fake_clock: list[int], cache: Path)
     assert LatencyTable.load(path).ms["Conv"] == first.ms["Conv"]
 
 
+def test_a_cache_file_from_another_cpu_or_torch_is_measured_again(fake_clock: list[int], cache: Path) -> None:
+    import dataclasses
+
+    first, path = latency_table(TINY, ["Conv"], CPU, progress=False)
+    for change in ({"device_name": "Another CPU 9000"}, {"torch_version": "1.0.0"}):
+        dataclasses.replace(first, **change).save(path)  # copied from elsewhere under this machine's name
+        n = len(fake_clock)
+        table, same = latency_table(TINY, ["Conv"], CPU, progress=False)
+        assert same == path and len(fake_clock) > n  # timed again, not trusted
+        assert (table.device_name, table.torch_version) == (first.device_name, first.torch_version)
+        assert LatencyTable.load(path).key() == first.key()  # and replaced
+
+
 def test_real_timings_are_positive_and_the_check_compares_whole_networks() -> None:
     table = measure_latency_table(TINY, ["Conv", "G4B2"], CPU, min_time=0.002, progress=False)
     assert table.fixed_ms > 0 and all(v > 0 for v in table.ms["Conv"])

@@ -122,8 +122,8 @@ def test_duplicate_registrations_follow_one_rule() -> None:
         bs.register_scorer("fast")(bs.FisherScorer)
     with pytest.raises(BlockSwapError, match="already registered"):
         bs.register_scorer("fast", log_average=False)(bs.FastFisherScorer)  # the same factory, another declaration
-    bs.register_scorer("fast")(bs.FastFisherScorer)
-    assert bs.scorer_info("fast") == bs.ScorerInfo()
+    bs.register_scorer("fast", sums_blocks=True)(bs.FastFisherScorer)
+    assert bs.scorer_info("fast") == bs.ScorerInfo(sums_blocks=True)
     with pytest.raises(BlockSwapError, match="a different block type named 'Conv' is already registered"):
         bs.register_block_type(bs.BlockType("Conv", "S", lambda a, b, s: [bs.ConvSpec(a, b, 5, s)]))
     bs.register_block_type(bs.block_type("Conv"))

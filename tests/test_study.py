@@ -117,6 +117,33 @@ def test_samples_from_a_finished_study(finished: Path) -> None:
         study_samples(finished, proxies=["nope"])
 
 
+def test_edited_records_of_a_study_are_refused(finished: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from blockswap.study.report import write_report
+
+    for edit, message in [("scores", "scores.json is not candidate 1's"), ("final", "final.json is not the record"),
+                          ("error", "final.json is not the record"), ("results", "candidate 2 appears twice")]:
+        out = tmp_path / edit
+        shutil.copytree(finished, out)
+        folder = out / "candidates" / "0001"
+        if edit == "scores":  # candidate 0's scores copied over candidate 1's
+            shutil.copy(out / "candidates" / "0000" / "scores.json", folder / "scores.json")
+        elif edit in ("final", "error"):
+            final = json.loads((folder / "seed-1" / "final.json").read_text())
+            final.update({"blocks": ["Conv"] * 3} if edit == "final" else {"test_error_pct": 1e9})
+            (folder / "seed-1" / "final.json").write_text(json.dumps(final))
+        if edit == "results":
+            lines = (out / "results.csv").read_text().splitlines(keepends=True)
+            (out / "results.csv").write_text("".join(lines[:2] + [lines[3], lines[3]] + lines[4:]))
+            with pytest.raises(BlockSwapError, match=message):
+                study_samples(out)
+        else:
+            with pytest.raises(BlockSwapError, match=message):
+                write_report(out)
+
+
 @pytest.mark.parametrize("name, message", [
     ("fisher@0", "positive whole number"), ("nope", "unknown proxy"), ("trained@3", "unknown proxy"),
     ("fisher@x", "positive whole number")])

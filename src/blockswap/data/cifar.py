@@ -13,6 +13,7 @@ package as the default probe data, so a search needs no download.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import shutil
@@ -99,12 +100,26 @@ class ImageSet:
 
     def probe_batch(self, batch_size: int, seed: int, augmented: bool = True) -> tuple[Tensor, Tensor]:
         """A seeded random minibatch (with the training augmentation), the same for every call."""
-        if batch_size > len(self):
-            raise DataError(f"batch size {batch_size} exceeds the {len(self)} images available")
         g = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(len(self), generator=g)[:batch_size].to(self.images.device)
+        idx = probe_indices(len(self), batch_size, g).to(self.images.device)
         images, labels = self.images[idx], self.labels[idx]
         return (augment(images, g) if augmented else normalize(images)), labels
+
+
+    def probe_fingerprint(self, batch_size: int, seed: int) -> str:
+        """SHA-256 of the images and labels `probe_batch` draws (before augmentation): what a search scored on."""
+        idx = probe_indices(len(self), batch_size, torch.Generator().manual_seed(seed)).to(self.images.device)
+        digest = hashlib.sha256(str(len(self)).encode())
+        digest.update(self.images[idx].cpu().numpy().tobytes())
+        digest.update(self.labels[idx].cpu().numpy().astype("<i8").tobytes())
+        return digest.hexdigest()
+
+
+def probe_indices(size: int, batch_size: int, generator: torch.Generator) -> Tensor:
+    """The `batch_size` indices of a probe batch: the first of a seeded permutation of `size` images."""
+    if batch_size > size:
+        raise DataError(f"batch size {batch_size} exceeds the {size} images available")
+    return torch.randperm(size, generator=generator)[:batch_size]
 
 
 def _folder(root: str | Path) -> Path:

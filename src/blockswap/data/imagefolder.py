@@ -28,6 +28,7 @@ classifier of one class has nothing to learn and every Fisher score is 0.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -42,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..space.backbones import Backbone
 from ..util.system import usable_cores
-from .cifar import DataError, ImageSet, cutout_holes
+from .cifar import DataError, ImageSet, cutout_holes, probe_indices
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -311,12 +312,24 @@ class FolderSplit:
 
     def probe_batch(self, batch_size: int, seed: int, augmented: bool = True) -> tuple[Tensor, Tensor]:
         """A seeded random minibatch with the training views (or the evaluation views), the same for every call."""
-        if batch_size > len(self):
-            raise DataError(f"batch size {batch_size} exceeds the {len(self)} images available")
-        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:batch_size]
+        idx = probe_indices(len(self), batch_size, torch.Generator().manual_seed(seed))
         dataset = _Decoded(self, (seed,) if augmented else None)
         images, labels = next(iter(self._loader(dataset, [idx.tolist()])))
         return self.normalize(images.to(self.device)), labels.to(self.device)
+
+    def probe_fingerprint(self, batch_size: int, seed: int) -> str:
+        """SHA-256 of the files `probe_batch` draws (class, name, label and bytes of each, and the image count):
+        what a search scored on, unchanged by where the folder lies or which decoder reads it."""
+        idx = probe_indices(len(self), batch_size, torch.Generator().manual_seed(seed))
+        digest = hashlib.sha256(str(len(self)).encode())
+        for i in idx.tolist():
+            path = Path(self.paths[i])
+            digest.update(f"{path.parent.name}/{path.name}:{int(self.labels[i])}:".encode())
+            try:
+                digest.update(path.read_bytes())
+            except OSError as e:
+                raise DataError(f"cannot read image {path} ({e})") from None
+        return digest.hexdigest()
 
     def train_batches(self, batches: Sequence[Tensor], generator: torch.Generator, cutout: int,
                       key: tuple[int, ...]) -> Iterator[tuple[Tensor, Tensor]]:

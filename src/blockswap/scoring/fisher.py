@@ -104,5 +104,5 @@ class FastFisherScorer:
         return Score(float(sum(per_block)), tuple(per_block))
 
 
-register_scorer("reference")(FisherScorer)
-register_scorer("fast")(FastFisherScorer)
+register_scorer("reference", sums_blocks=True)(FisherScorer)
+register_scorer("fast", sums_blocks=True)(FastFisherScorer)

@@ -66,7 +66,7 @@ __all__ = ["FisherConvsScorer", "GradNormScorer", "SnipScorer", "GraspScorer", "
 JACOB_COV_K = 1e-5  # zero-cost-nas's regulariser of the eigenvalues
 
 
-register_scorer("fisher")(FastFisherScorer)  # the search's default, under the name the study uses
+register_scorer("fisher", sums_blocks=True)(FastFisherScorer)  # the search's default, under the name the study uses
 
 
 def layer_owners(model: BlockNetwork) -> list[tuple[nn.Module, int | None]]:

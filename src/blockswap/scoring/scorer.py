@@ -44,12 +44,14 @@ class ScorerInfo:
     `log_average`: several initialisations average as exp(mean(log)) (positive values) rather than the plain
     mean (signed or already logarithmic values, which would average to NaN). `needs_weights`: the value
     depends on the initial weights (params and macs do not, so averaging them is pointless). `needs_data`:
-    the value depends on the batch's images (synflow, l2, params and macs do not).
+    the value depends on the batch's images (synflow, l2, params and macs do not). `sums_blocks`: the total is
+    the sum of the per-block values (Fisher), which a resumed search checks of every row it keeps.
     """
 
     log_average: bool = True
     needs_weights: bool = True
     needs_data: bool = True
+    sums_blocks: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ F_ = TypeVar("F_", bound=Callable[..., Any])
 
 
 def register_scorer(name: str, *, log_average: bool = True, needs_weights: bool = True, needs_data: bool = True,
+                    sums_blocks: bool = False,
                     info_of: Callable[[Any], ScorerInfo] | None = None) -> Callable[[F_], F_]:
     """Register a scorer factory (a class or a function returning a `Scorer`) under `name`, with its `ScorerInfo`.
 
@@ -75,7 +78,7 @@ def register_scorer(name: str, *, log_average: bool = True, needs_weights: bool 
     with the same info again is a no-op; anything else under a taken name is refused.
     """
     _REGISTRY.check_name(name)
-    info = ScorerInfo(log_average, needs_weights, needs_data)
+    info = ScorerInfo(log_average, needs_weights, needs_data, sums_blocks)
 
     def decorate(factory: F_) -> F_:
         _REGISTRY.add(name, _Entry(factory, info, info_of))

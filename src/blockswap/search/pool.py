@@ -30,8 +30,8 @@ from ..space.genotype import Genotype
 from ..util.errors import BlockSwapError
 from ..util.workers import MAKE_IT_A_PLUGIN, WorkerPool
 
-__all__ = ["SCORING_THREADS", "Job", "candidate_seed", "build_candidate", "score_genotype", "user_modules",
-           "require_registered", "ScorerSpec", "ScoringPool", "Scoring"]
+__all__ = ["SCORING_THREADS", "Job", "candidate_seed", "build_candidate", "score_genotype", "first_images",
+           "user_modules", "require_registered", "ScorerSpec", "ScoringPool", "Scoring"]
 
 Job = tuple[int, Genotype, int]  # (candidate index, genotype, how many images of the probe batch to score it on)
 
@@ -139,7 +139,7 @@ def _init_scoring(batch: tuple[Tensor, Tensor], device: str, seed: int, scorer: 
     _worker = _WorkerState((batch[0].to(device), batch[1].to(device)), seed, scorer, inits)
 
 
-def _first(batch: tuple[Tensor, Tensor], images: int) -> tuple[Tensor, Tensor]:
+def first_images(batch: tuple[Tensor, Tensor], images: int) -> tuple[Tensor, Tensor]:
     """The first `images` images of the batch (all of it when it has no more)."""
     return batch if images >= len(batch[0]) else (batch[0][:images], batch[1][:images])
 
@@ -148,7 +148,7 @@ def _score_in_worker(index: int, genotype: Genotype, images: int) -> tuple[int, 
     w = _worker
     if w is None:
         raise RuntimeError("_score_in_worker runs only in a ScoringPool process")
-    return index, score_genotype(genotype, index, w.seed, _first(w.batch, images), w.scorer, w.inits)
+    return index, score_genotype(genotype, index, w.seed, first_images(w.batch, images), w.scorer, w.inits)
 
 
 class ScoringPool:
@@ -215,7 +215,7 @@ class Scoring:
         if self.workers <= 1 or len(jobs) <= 1 and self._pool is None:
             for i, g, n in jobs:
                 with _threads(SCORING_THREADS if self.batch[0].device.type == "cpu" else torch.get_num_threads()):
-                    score = score_genotype(g, i, self.seed, _first(self.batch, n), self.scorer, self.inits)
+                    score = score_genotype(g, i, self.seed, first_images(self.batch, n), self.scorer, self.inits)
                 yield i, score
             return
         if self._pool is None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -58,8 +58,9 @@ from ..util.options import (
 )
 from ..util.rundir import check_recorded, record, write_json_atomic
 from ..weights.teachers import model_backbone
-from .candidates import CSV_FIELDS, Candidate, read_candidates, write_candidates
-from .pool import Job, ScorerSpec, Scoring
+from .candidates import CSV_FIELDS, Candidate, write_candidates
+from .pool import Job, ScorerSpec, Scoring, first_images, score_genotype
+from .resume import check_inputs, check_rescored, same_score, search_inputs, sums_blocks, trusted_rows
 
 __all__ = ["SearchConfig", "SearchResult", "run_search", "screen_key", "parse_mac_budget"]
 
@@ -210,54 +211,10 @@ def _normalized(saved: Any) -> dict[str, Any]:
     return recorded_form(SearchConfig, saved)
 
 
-def _trusted_rows(path: Path, genotypes: list[Genotype], latency_ms: list[float] | None) -> dict[int, Candidate]:
-    """The rows of `path` this search can keep: each must be one of its candidates with its own counts.
-
-    A row whose index, genotype, params or MACs do not match the candidate, or
-    an index that appears twice, means the file was edited or belongs to
-    another search: refused. A non-finite score is dropped, so it is scored again.
-    """
-    rows: dict[int, Candidate] = {}
-    for c in read_candidates(path, genotypes[0].backbone):
-        if not 0 <= c.index < len(genotypes) or c.genotype != genotypes[c.index]:
-            raise BlockSwapError(f"{path}: row {c.index} does not match this search's candidates; "
-                                 "use a fresh --out directory")
-        g, blocks = c.genotype, c.genotype.backbone.num_blocks
-        if ((c.params, c.macs) != (g.params(), g.macs())
-                or c.latency_ms != (None if latency_ms is None else latency_ms[c.index])
-                or (c.score is not None and len(c.score_per_block) not in (0, blocks))
-                or (c.screen_score is not None and len(c.screen_score_per_block) not in (0, blocks))):
-            raise BlockSwapError(f"{path}: row {c.index} has params, MACs, latency or per-block scores that its "
-                                 "genotype does not give (edited by hand?); use a fresh --out directory")
-        before = rows.get(c.index)
-        if before is not None and not (before.score is None and c.score is not None
-                                       and _same(before.screen_score, c.screen_score)):
-            raise BlockSwapError(f"{path}: candidate {c.index} appears twice; use a fresh --out directory")
-        rows[c.index] = c  # a screened row, then the same row re-scored: the later line completes the earlier
-    kept = {i: _finite(c) for i, c in rows.items()}
-    return {i: c for i, c in kept.items() if c is not None}
-
-
-def _same(a: float | None, b: float | None) -> bool:
-    """Whether two recorded scores are the same value (NaN the same as NaN, as the file writes both alike)."""
-    return a == b or (a is not None and b is not None and math.isnan(a) and math.isnan(b))
-
-
-def _finite(c: Candidate) -> Candidate | None:
-    """`c` without the scores that are NaN or infinite (so they are computed again); None if nothing is left.
-
-    A screening score is kept, whatever it is, once the candidate has a finite whole-batch score: its screen is over.
-    """
-    if c.score is not None and not math.isfinite(c.score):
-        c = replace(c, score=None, score_per_block=())
-    if c.score is None and c.screen_score is not None and not math.isfinite(c.screen_score):
-        c = replace(c, screen_score=None, screen_score_per_block=())
-    return None if c.score is None and c.screen_score is None else c
-
-
 def _prepare_out_dir(out: Path, config: SearchConfig, genotypes: list[Genotype], latency: LatencyTable | None,
-                     predicted: list[float] | None) -> dict[int, Candidate]:
-    """Create the output folder or check it belongs to this search; return rows already scored.
+                     predicted: list[float] | None, inputs: dict[str, Any], sums: bool) -> dict[int, Candidate]:
+    """Create the output folder or check it belongs to this search and its inputs; return the rows it trusts
+    (`blockswap.search.resume`).
 
     The latency table (if any) is written before search.json, so a recorded
     search always finds the table its candidates were drawn with. Rows left in
@@ -271,13 +228,14 @@ def _prepare_out_dir(out: Path, config: SearchConfig, genotypes: list[Genotype],
         if latency is not None and not (out / LATENCY_FILE).exists():
             latency.save(out / LATENCY_FILE)
         record(out, "search.json", asdict(config))
+    check_inputs(out, inputs, config.data_dir, config.model)
     parts = sorted(out.glob("candidates.rank*.csv"))
     done: dict[int, Candidate] = {}
     for path in [csv_path, *parts]:
         if path.exists():
-            for index, row in _trusted_rows(path, genotypes, predicted).items():
+            for index, row in trusted_rows(path, genotypes, predicted, sums).items():
                 known = done.get(index)
-                if known is not None and not _same(known.screen_score, row.screen_score):
+                if known is not None and not same_score(known.screen_score, row.screen_score):
                     raise BlockSwapError(f"{path}: candidate {index} differs from its row in another file")
                 if known is None or known.score is None:
                     done[index] = row
@@ -399,13 +357,22 @@ def run_search(
     images = rank0_first(group, lambda: probe_images(config.data_dir, backbone.input_size))
     check_classes(backbone, images, config.data_dir or "the embedded CIFAR-10 sample")
     x, y = images.probe_batch(config.batch_size, config.seed)
-    done = on_rank0(group, lambda: _prepare_out_dir(out, config, genotypes, latency, predicted))
+    batch: tuple[Tensor, Tensor] = (x.to(device), y.to(device))
+    inputs = search_inputs(None if config.data_dir is None else images, config.batch_size, config.seed, config.model)
+
+    def prepare() -> dict[int, Candidate]:
+        rows = _prepare_out_dir(out, config, genotypes, latency, predicted, inputs, sums_blocks(scorer, config.inits))
+        check_rescored(rows, lambda i, screen: score_genotype(
+            genotypes[i], i, config.seed, first_images(batch, config.screen_batch) if screen else batch, scorer,
+            config.inits), out)
+        return rows
+
+    done = on_rank0(group, prepare)
     out.mkdir(parents=True, exist_ok=True)  # for ranks on machines that do not share rank 0's disk
     before = sum(c.score is not None for c in done.values())
     screened_before = sum(c.screen_score is not None for c in done.values())
     mine = [i for i in range(len(genotypes)) if i % world == rank]
     stream_path = out / "candidates.csv" if group is None else _part_path(out, rank)
-    batch: tuple[Tensor, Tensor] = (x.to(device), y.to(device))
     names = {name for g in genotypes for name in g.blocks}
     with (Scoring(workers, batch, config.seed, scorer, names, config.inits, spec) as scoring,
           stream_path.open("a", newline="") as stream):

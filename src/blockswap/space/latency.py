@@ -298,7 +298,8 @@ def latency_table(
 ) -> tuple[LatencyTable, Path]:
     """The cached table for this device, backbone, batch and thread count, measuring what it lacks; and its file.
 
-    `refresh` measures everything again. A cache file that cannot be read is measured again and replaced.
+    `refresh` measures everything again. A cache file that cannot be read, or that was measured on another
+    device, CPU/GPU model or torch version (a file copied from elsewhere), is measured again and replaced.
     """
     probe = LatencyTable(backbone, batch_size, threads, device.type, device_name(device), torch.__version__, 0.0)
     path = _cache_path(probe)
@@ -307,6 +308,8 @@ def latency_table(
         try:
             known = LatencyTable.load(path)
         except (BlockSwapError, OSError):
+            known = None
+        if known is not None and known.key() != probe.key():  # measured on another device or torch: not ours
             known = None
     names = list(types)
     if known is not None and all(n in known.ms for n in names):

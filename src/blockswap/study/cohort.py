@@ -181,7 +181,7 @@ def cohort_rows(config: CohortConfig, students: list[Student], out: Path) -> lis
         missing = [r for r in runs if not run_finished(r)]
         if missing:
             raise BlockSwapError(f"{missing[0]} is not finished; rerun the study to complete it")
-        errors = [final_error(r) for r in runs]
+        errors = [final_error(r, student.genotype) for r in runs]
         row: dict[str, Any] = {"name": student.name, "group": student.group,
                                "genotype": " ".join(student.genotype.blocks), "prune": student.prune or "",
                                "params": _params(student, runs), "macs": student.macs()}

@@ -209,8 +209,18 @@ def run_finished(run: Path) -> bool:
     return (run / "final.json").exists() or (run / "failed.json").exists()
 
 
-def final_error(run: Path) -> float:
-    """A training run's final test error; NaN for a run that diverged (its failed.json says why)."""
+def final_error(run: Path, genotype: Genotype | None = None) -> float:
+    """A training run's final test error; NaN for a run that diverged (its failed.json says why). With `genotype`,
+    the run's final.json must name that network and hold an error in [0, 100]: an edited or copied record is
+    refused."""
     if (run / "failed.json").exists():
         return math.nan
-    return float(read_json(run / "final.json", "training result")["test_error_pct"])
+    final = read_json(run / "final.json", "training result")
+    error = final.get("test_error_pct") if isinstance(final, dict) else None
+    if genotype is not None and (final.get("blocks") != list(genotype.blocks)  # type: ignore[union-attr]
+                                 or isinstance(error, bool) or not isinstance(error, (int, float))
+                                 or not 0 <= error <= 100):
+        raise BlockSwapError(f"{run / 'final.json'} is not the record of the run this study trained there (another "
+                             "network, or an error outside 0-100): it was edited or copied; move the folder away "
+                             "to train it again")
+    return float(error)  # type: ignore[arg-type]

@@ -5,8 +5,9 @@ negative rank correlation with error (the paper's Table 1 convention) and its
 pick is its highest-scored candidate. Correlations come from scipy; their 95%
 intervals are percentile intervals over paired bootstrap resamples of the
 candidates (as `scipy.stats.bootstrap(paired=True, method="percentile")`, but
-leaving out resamples with a constant column instead of returning NaN). Candidates whose proxy value is NaN or infinite are left out of
-that proxy's statistics (`n` says how many were used).
+leaving out resamples with a constant column instead of returning NaN).
+Candidates whose proxy value is NaN or infinite are left out of that proxy's
+statistics (`n` says how many were used).
 """
 
 from __future__ import annotations
@@ -193,7 +194,8 @@ def noise_ceiling(runs: np.ndarray, resamples: int = 2000, seed: int = 0) -> dic
     reliability = k * r / (1 + (k - 1) * r) if r > 0 else math.nan
     idx = np.random.default_rng(seed).integers(0, n, (resamples, n))
     shares = icc(runs[idx])
-    low, high = np.percentile(shares[np.isfinite(shares)], [2.5, 97.5]) if np.isfinite(shares).any() else (math.nan,) * 2
+    finite = shares[np.isfinite(shares)]
+    low, high = np.percentile(finite, [2.5, 97.5]) if len(finite) else (math.nan, math.nan)
     within = ((runs - runs.mean(1, keepdims=True)) ** 2).sum() / (n * (k - 1))
     return {"n": n, "spearman": r, "spearman_low": -pair["spearman_high"], "spearman_high": -pair["spearman_low"],
             "kendall": -pair["kendall"], "candidate_share": float(icc(runs)), "candidate_share_low": float(low),

@@ -41,14 +41,18 @@ def _results(out: Path, config: StudyConfig) -> list[dict[str, Any]]:
         folder = candidate_dir(out, i)
         if not candidate_done(config, out, i):
             raise BlockSwapError(f"candidate {i} is not finished ({folder}); rerun the study to complete it")
-        scores = read_json(folder / "scores.json", "candidate's scores")["scores"]
+        record = read_json(folder / "scores.json", "candidate's scores")
+        if not isinstance(record, dict) or record.get("index") != i or record.get("blocks") != list(g.blocks):
+            raise BlockSwapError(f"{folder / 'scores.json'} is not candidate {i}'s ({' '.join(g.blocks)}): it was "
+                                 "edited or copied; delete it to score the candidate again")
+        scores = record["scores"]
         row: dict[str, Any] = {"index": i, "genotype": " ".join(g.blocks), "params": g.params(), "macs": g.macs()}
         for name in columns:
             if name not in scores:
                 raise BlockSwapError(f"{folder / 'scores.json'} has no {name!r}; delete it to score again")
             value = scores[name]["score"]
             row[name] = math.nan if value is None else float(value)
-        errors = [final_error(folder / f"seed-{s}") for s in config.train_seeds]
+        errors = [final_error(folder / f"seed-{s}", g) for s in config.train_seeds]
         for s, e in zip(config.train_seeds, errors):
             row[f"test_error_pct_seed{s}"] = e
         row["test_error_pct"] = float(np.mean(errors))
@@ -93,7 +97,8 @@ def write_report(out_dir: str | Path, resamples: int = 2000) -> dict[str, Any]:
     cost = {name: float(np.mean([s.get(name, 0.0) for s in seconds])) for name in {k for s in seconds for k in s}}
     trained = error[np.isfinite(error)]
     command = shlex.join(["blockswap", "study", "rank", *command_args(config), "--out", str(out)])
-    report = {"config": asdict(config), "command": command, "candidates": len(rows), "diverged": int(len(error) - len(trained)),
+    report = {"config": asdict(config), "command": command, "candidates": len(rows),
+              "diverged": int(len(error) - len(trained)),
               "proxies": per_proxy, "noise_ceiling": ceiling, "proxy_seconds_per_candidate": cost,
               "error_pct": {"best": float(trained.min()), "median": float(np.median(trained)),
                             "mean": float(trained.mean()), "worst": float(trained.max())}}
@@ -115,7 +120,8 @@ def _contrast(out: Path, config: StudyConfig, rows: list[dict[str, Any]], resamp
     stats = contrast_stats(errors, groups, max(resamples, 10_000), config.seed)
     plot_contrast(out / "contrast.png", errors, groups, stats,
                   f"{config.model} at {format_count(config.budget)}: {config.contrast} per group of "
-                  f"{config.candidates} scored, {config.epochs} epochs, seeds {', '.join(map(str, config.train_seeds))}")
+                  f"{config.candidates} scored, {config.epochs} epochs, "
+                  f"seeds {', '.join(map(str, config.train_seeds))}")
     return {"members": groups, **stats}
 
 
@@ -258,12 +264,20 @@ def study_samples(out_dir: str | Path, sizes: list[int] | None = None, proxies: 
     from .ranking import best_of_curve
 
     out = Path(out_dir)
-    rows = [r for r in read_results(out) if math.isfinite(r["test_error_pct"])]  # diverged candidates: no error
+    config = StudyConfig.from_dict(read_json(out / "config.json", "study config"))
+    every = read_results(out)
+    indices = [int(r["index"]) for r in every]
+    if sorted(indices) != trained_indices(config, out):
+        twice = sorted({i for i in indices if indices.count(i) > 1})
+        raise BlockSwapError(f"{out / 'results.csv'} does not hold each trained candidate once (" + (
+            f"candidate {twice[0]} appears twice" if twice else "a candidate is missing or foreign") +
+            "): it was edited; rerun `blockswap study rank` with the same options to rewrite it")
+    rows = [r for r in every if math.isfinite(r["test_error_pct"])]  # diverged candidates: no error
     pool = len(rows)
     if pool < 2:
         raise BlockSwapError(f"{out / 'results.csv'} has {pool} candidate(s) with a test error; need 2 or more")
     error = np.array([r["test_error_pct"] for r in rows])
-    names = proxies or StudyConfig.from_dict(read_json(out / "config.json", "study config")).columns()
+    names = proxies or config.columns()
     for name in names:
         if name not in rows[0]:
             raise BlockSwapError(f"{out / 'results.csv'} has no proxy {name!r}; it has "
