@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -156,3 +157,31 @@ def test_an_edited_final_record_is_refused(trained: Path, cifar_root: Path, tmp_
     final_path.write_text(json.dumps(final))
     with pytest.raises(BlockSwapError, match=r"all-G4B2/seed-0/final.json is not the record of the run"):
         cohort_rows(_config(cifar_root), STUDENTS, out)
+
+
+def test_torchrun_ranks_share_a_cohort_study_and_rank_0_reports(cifar_root: Path, tmp_path: Path) -> None:
+    """Two torchrun ranks train their share of a placement study's students; rank 0 reports them all, with the
+    single process's students and errors (up to thread-count rounding on 64 test images)."""
+    import os
+    import subprocess
+    import sys
+
+    from test_workers import REPO
+
+    from blockswap.cli import main
+
+    options = ["study", "placement", "--model", "wrn-10-1", "--epochs", "1", "--batch-size", "32", "--train-subset",
+               "96", "--test-subset", "64", "--data-dir", str(cifar_root), "--quiet"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+           "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "blockswap",
+            *options, "--out", str(tmp_path / "ranks")]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("most sensitive") == 1  # rank 0 alone reports
+    assert main([*options, "--out", str(tmp_path / "one")]) == 0
+    ranks, one = (list(csv.DictReader((tmp_path / name / "results.csv").open())) for name in ("ranks", "one"))
+    assert [(r["name"], r["genotype"], r["params"]) for r in ranks] == [(r["name"], r["genotype"], r["params"])
+                                                                        for r in one]
+    for a, b in zip(ranks, one):
+        assert float(a["test_error_pct"]) == pytest.approx(float(b["test_error_pct"]), abs=5)

@@ -20,6 +20,7 @@ from blockswap.data.cifar import DataError
 from blockswap.data.imagefolder import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    ClassCountError,
     check_classes,
     decode_eval,
     decode_train,
@@ -229,9 +230,9 @@ def test_probe_batch_is_seeded_and_imagenet_normalised(image_folder: Path) -> No
 def test_a_head_that_does_not_match_the_class_folders_is_refused(image_folder: Path) -> None:
     train, _ = open_image_folder(image_folder, 32)
     check_classes(Backbone.from_name("wrn-10-1", 3), train, image_folder)
-    with pytest.raises(DataError, match=r"wrn-10-1 has 10 outputs but .* holds 3 class folders: build it with "
-                                        r"--num-classes 3"):
+    with pytest.raises(ClassCountError, match=r"wrn-10-1 has 10 outputs but .* holds 3 class folders$") as e:
         check_classes(Backbone.from_name("wrn-10-1"), train, image_folder)
+    assert (e.value.have, e.value.need) == (10, 3)  # the library states the fact; each command says the fix
 
 
 def test_search_train_distill_and_eval_on_an_image_folder(image_folder: Path, tmp_path: Path,
@@ -266,3 +267,31 @@ def test_training_a_ten_class_network_on_three_class_folders_names_the_fix(image
     assert code == 2
     assert "--num-classes 3" in capsys.readouterr().err
     assert not (tmp_path / "t" / "config.json").exists()
+
+
+def test_each_command_advises_a_fix_that_exists_there(image_folder: Path, cifar_root: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    data = str(image_folder)
+    search = ["search", "--budget", "40k", "--samples", "2", "--batch-size", "16", "--workers", "1", "--quiet",
+              "--data-dir", data]
+    assert main([*search, "--model", "wrn-10-1", "--out", str(tmp_path / "s1")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.rstrip().endswith("; pass --num-classes 3")
+    assert main([*search, "--model", "wrn-10-1", "--num-classes", "3", "--out", str(tmp_path / "s1")]) == 0  # works
+    capsys.readouterr()
+    teacher = tmp_path / "teacher"  # a 10-class weight file: --num-classes cannot change its head
+    assert main(["train", "teacher", "--model", "wrn-10-1", "--data-dir", str(cifar_root), "--epochs", "1",
+                 "--train-subset", "32", "--test-subset", "32", "--batch-size", "16", "--quiet",
+                 "--out", str(teacher)]) == 0
+    capsys.readouterr()
+    assert main([*search, "--model", str(teacher / "last.pt"), "--out", str(tmp_path / "s2")]) == 2
+    err = capsys.readouterr().err
+    assert "use data with 10 classes (the file's head), or search a registered --model with --num-classes 3" in err
+    assert main(["eval", "--checkpoint", str(teacher / "last.pt"), "--data-dir", data, "--min-time", "0.01"]) == 2
+    err = capsys.readouterr().err
+    assert "use data with 10 classes: a trained network's head is fixed" in err and "--num-classes" not in err
+    assert main(["study", "mixing", "--model", "wrn-10-1", "--budget", "9.5k", "--tolerance", "0.05", "--candidates",
+                 "2", "--epochs", "1", "--data-dir", data, "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "the studies train wrn-10-1 with its 10 classes" in err and "--num-classes" not in err
+    assert not (tmp_path / "s2").exists() and not (tmp_path / "m").exists()

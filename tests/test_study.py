@@ -113,8 +113,9 @@ def test_samples_from_a_finished_study(finished: Path) -> None:
     assert (finished / "samples.csv").is_file() and (finished / "samples.png").is_file()
     with pytest.raises(BlockSwapError, match="sample sizes"):
         study_samples(finished, sizes=[5])
-    with pytest.raises(BlockSwapError, match="no proxy"):
-        study_samples(finished, proxies=["nope"])
+    for name in ("nope", "test_error_pct", "test_error_pct_seed0"):  # the target is not a proxy of itself
+        with pytest.raises(BlockSwapError, match=f"has no proxy '{name}'"):
+            study_samples(finished, proxies=[name])
 
 
 def test_edited_records_of_a_study_are_refused(finished: Path, tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .data.imagefolder import ClassCountError
 from .deploy.evaluate import EvalConfig, evaluate_checkpoint
 from .deploy.export import FORMATS, export_checkpoint
 from .search.run import SearchConfig, run_search
@@ -82,6 +83,13 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _out_path(text: str) -> Path:
+    """An --out path; an empty one (which would mean the current folder) is refused."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; name a folder or file")
+    return Path(text)
+
+
 def _device(text: str | None) -> torch.device:
     if text is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -111,7 +119,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 def _add_resumable_options(p: argparse.ArgumentParser) -> None:
     """--device, --out and --quiet of the commands that resume in their output folder (search, study rank)."""
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--out", required=True, type=Path, help="output folder; rerun with the same one to resume")
+    p.add_argument("--out", required=True, type=_out_path, help="output folder; rerun with the same one to resume")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -223,7 +231,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     """Options of `train teacher` and `train student` that are about this invocation, not the run's settings."""
-    p.add_argument("--out", required=True, type=Path, help="output folder of this run")
+    p.add_argument("--out", required=True, type=_out_path, help="output folder of this run")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -384,7 +392,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="weight file")
     p.add_argument("--format", required=True, choices=FORMATS, help="onnx (dynamic batch axis, input 'images', "
                    "output 'logits') or torchscript (torch.jit.trace)")
-    p.add_argument("--out", required=True, type=Path, help="file to write (its folder is created if missing); an "
+    p.add_argument("--out", required=True, type=_out_path, help="file to write (its folder is created if missing); an "
                    "existing file is refused unless --force, the --checkpoint file always")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--batch-size", type=_positive_int, default=_EXPORT_DEFAULTS["batch_size"],
@@ -503,7 +511,7 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
                          "seed-to-seed Spearman and the one-way ICC with 95%% bootstrap intervals and the minutes "
                          "one training run took; writes protocols.csv, protocols.md and protocols.png to --out.")
     c.add_argument("studies", nargs="+", type=Path, help="study folders, one per training protocol")
-    c.add_argument("--out", required=True, type=Path, help="folder for protocols.csv, protocols.md, protocols.png")
+    c.add_argument("--out", required=True, type=_out_path, help="folder for protocols.csv, protocols.md, protocols.png")
     c.set_defaults(func=_cmd_study_protocols)
     for kind, (config_class, runner, summary, description) in _COHORT_STUDIES.items():
         k = kinds.add_parser(kind, help=summary, description=description + " Rerun the same command to resume: "
@@ -665,6 +673,23 @@ def _interrupted_code(e: KeyboardInterrupt) -> int:
     return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
 
 
+def _class_advice(args: argparse.Namespace, e: ClassCountError) -> str:
+    """What fixes a head that does not fit the data, for the command that met it (each named flag exists there)."""
+    fixed = f"use data with {e.have} classes"
+    if args.func is _cmd_search:
+        if is_weight_file(args.model):
+            return f"; {fixed} (the file's head), or search a registered --model with --num-classes {e.need}"
+        return f"; pass --num-classes {e.need}"
+    if args.func is _cmd_train:
+        named = getattr(args, "teacher_model", None) or getattr(args, "model", None) or ""
+        if getattr(args, "teacher", None) or is_weight_file(named) or getattr(args, "genotype", None):
+            return f"; {fixed}, as the network you named has"
+        return f"; pass --num-classes {e.need}"
+    if args.func is _cmd_eval:
+        return f"; {fixed}: a trained network's head is fixed"
+    return f"; {fixed}: the studies train {getattr(args, 'model', 'the model')} with its {e.have} classes"
+
+
 def _one_line(e: BaseException) -> str:
     """What the user reads: our own errors as they are; a file-system error with its path; anything else typed."""
     if isinstance(e, BlockSwapError):
@@ -694,5 +719,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - every failure a user sees is one line; --debug shows the rest
         if debug:
             raise
-        print(f"blockswap: error: {_one_line(e)}", file=sys.stderr)
+        advice = _class_advice(args, e) if isinstance(e, ClassCountError) else ""
+        print(f"blockswap: error: {_one_line(e)}{advice}", file=sys.stderr)
         return 2

@@ -57,6 +57,7 @@ __all__ = [
     "decode_eval",
     "default_loader_workers",
     "check_classes",
+    "ClassCountError",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -74,14 +75,21 @@ def default_loader_workers() -> int:
     return min(8, usable_cores())
 
 
+class ClassCountError(DataError):
+    """A network's head does not fit the data's classes; the command that met it says what fixes it there."""
+
+    def __init__(self, message: str, have: int, need: int) -> None:
+        super().__init__(message)
+        self.have, self.need = have, need
+
+
 def check_classes(backbone: Backbone, data: ImageSet | FolderSplit, where: str | Path) -> None:
     """Refuse a network whose head cannot hold the data's classes (for an image folder: exactly its classes)."""
     have, need = backbone.num_classes, data.num_classes
     folder = isinstance(data, FolderSplit)
     if have < need or (folder and have != need):
         what = f"{need} class folders" if folder else f"{need} classes"
-        raise DataError(f"{backbone.name} has {have} outputs but {where} holds {what}: "
-                        f"build it with --num-classes {need}")
+        raise ClassCountError(f"{backbone.name} has {have} outputs but {where} holds {what}", have, need)
 
 
 def is_image_folder(root: str | Path) -> bool:

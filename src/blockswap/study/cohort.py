@@ -31,6 +31,8 @@ import torch
 import torch.distributed as torch_dist
 from tqdm.auto import tqdm
 
+from ..data import probe_images
+from ..data.imagefolder import check_classes
 from ..search.pool import require_registered, user_modules
 from ..space.genotype import Genotype
 from ..train.training import ONE_PROCESS, DivergedError, TrainConfig, train
@@ -76,7 +78,12 @@ def student_dir(out: Path, student: Student) -> Path:
 
 
 def claim_out_dir(out: Path, config: CohortConfig, what: str) -> None:
-    """Record config.json in a new folder, or check that the folder holds this `what` study with these settings."""
+    """Record config.json in a new folder, or check that the folder holds this `what` study with these settings.
+
+    The data comes first: a study whose network cannot hold the data's classes (or that finds no data) leaves no
+    folder behind to refuse the corrected command."""
+    backbone = config.backbone()
+    check_classes(backbone, probe_images(config.data_dir, backbone.input_size), config.data_dir)
     if not check_recorded(out, "config.json", asdict(config), partial(recorded_form, type(config)), what,
                           "use a fresh --out directory"):
         record(out, "config.json", asdict(config))

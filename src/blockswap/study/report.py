@@ -264,8 +264,8 @@ def study_samples(out_dir: str | Path, sizes: list[int] | None = None, proxies: 
     from .ranking import best_of_curve
 
     out = Path(out_dir)
-    config = StudyConfig.from_dict(read_json(out / "config.json", "study config"))
     every = read_results(out)
+    config = StudyConfig.from_dict(read_json(out / "config.json", "study config"))
     indices = [int(r["index"]) for r in every]
     if sorted(indices) != trained_indices(config, out):
         twice = sorted({i for i in indices if indices.count(i) > 1})
@@ -279,9 +279,9 @@ def study_samples(out_dir: str | Path, sizes: list[int] | None = None, proxies: 
     error = np.array([r["test_error_pct"] for r in rows])
     names = proxies or config.columns()
     for name in names:
-        if name not in rows[0]:
-            raise BlockSwapError(f"{out / 'results.csv'} has no proxy {name!r}; it has "
-                                 f"{', '.join(k for k in rows[0] if k not in ('index', 'genotype'))}")
+        if name not in config.columns() or name not in rows[0]:
+            raise BlockSwapError(f"{out / 'results.csv'} has no proxy {name!r} (the errors and counts are not "
+                                 f"proxies); its proxies: {', '.join(config.columns())}")
     if sizes is None:
         sizes = sorted({n for n in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000) if n <= pool} | {pool})
     bad = [n for n in sizes if not 1 <= n <= pool]

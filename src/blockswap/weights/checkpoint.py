@@ -9,6 +9,10 @@ given. Files load with `weights_only=True`: they hold tensors and plain values.
 
 from __future__ import annotations
 
+import pickle
+import re
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +34,41 @@ def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
         torch.save(payload, f)
 
 
+def _plain(e: BaseException) -> str:
+    """An exception as one short plain line: its type and text without ANSI escapes or line breaks."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    return f"{type(e).__name__}: {' '.join(text.split())[:200]}"
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether `path` is a TorchScript archive: a zip whose members include the scripted code."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    return any(name.split("/", 2)[1:2] == ["code"] or name.endswith("/constants.pkl") for name in names)
+
+
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The dict stored in a weight file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if _is_torchscript(path):
+        raise CheckpointError(f"{path} is a TorchScript export (as `blockswap export` writes), not a weight file; "
+                              "use the weight file it was exported from, or run it with torch.jit.load")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on the file's format: the one line below says it
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e):
+            raise CheckpointError(f"{path} holds a pickled Python object (a whole module, saved with "
+                                  "torch.save(model)), which is not loaded because unpickling can run code; save "
+                                  "the weights instead: torch.save(model.state_dict(), path)") from None
+        raise CheckpointError(f"cannot read {path} as a weight file (it is not what torch.save writes)") from None
     except Exception as e:  # noqa: BLE001 - torch.load raises many types on a file that is not a weight file
-        reason = " ".join(str(e).split())[:200]
-        raise CheckpointError(f"cannot read {path} as a weight file ({type(e).__name__}: {reason})") from None
+        raise CheckpointError(f"cannot read {path} as a weight file ({_plain(e)})") from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path} holds a {type(payload).__name__}, expected a dict of weights")
     return payload

@@ -71,7 +71,19 @@ def load_network(
     except RuntimeError as e:
         summary = " ".join(str(e).split())
         raise CheckpointError(f"{path} does not fit {_describe(genotype)}: {summary[:400]}") from None
+    _check_values(path, model)
     return model, genotype, payload
+
+
+def _check_values(path: str | Path, model: torch.nn.Module) -> None:
+    """Refuse a network no run can use, naming the tensor: NaN or infinite values, a negative BN variance."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path} holds NaN or infinite values in {name}: the network it stores is broken "
+                                  "(saved from a run that diverged, or damaged); use another weight file")
+        if name.endswith("running_var") and (tensor < 0).any():
+            raise CheckpointError(f"{path} holds a negative BatchNorm variance in {name}, which no trained network "
+                                  "has: the file is damaged or was edited; use another weight file")
 
 
 def _recorded_teacher(payload: dict[str, Any], name: str | None, input_size: int | None) -> tuple[Genotype, Any]:
