@@ -14,6 +14,7 @@ same outcome, so nothing that only a fresh interpreter prints goes unseen.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -93,6 +94,14 @@ def world(tmp_path_factory: pytest.TempPathFactory, cifar_root: Path, tiny_teach
     payload["test_error_pct"] = -1.0  # the same architecture, another file
     torch.save(payload, w / "teacher-copy.pt")
 
+    gray = dataclasses.replace(bs.get_backbone("resnet18"), in_channels=1, input_size=32)
+    torch.save(bs.Genotype.uniform(gray).build().state_dict(), w / "gray.pth")  # a 1-channel stem
+    torch.save(genotype.build(), w / "whole-module.pt")  # torch.save(model), not its state dict
+    torch.jit.save(torch.jit.trace(genotype.build().eval(), torch.randn(2, 3, 32, 32)), w / "exported.pt")
+    broken = torch.load(w / "teacher.pt", weights_only=True)
+    nan_at = next(v for k, v in broken["state_dict"].items() if k.endswith("weight"))
+    nan_at[(0,) * nan_at.dim()] = float("nan")
+    torch.save(broken, w / "teacher-nan.pt")
     (w / "junk.pt").write_bytes(os.urandom(2048))
     torch.save(genotype.build().state_dict(), w / "weights-only.pt")
     (w / "binary.csv").write_bytes(os.urandom(512))
@@ -153,6 +162,24 @@ CASES: list[tuple[str, list[str], str, list[str], list[str]]] = [
     ("palette-empty", [*SEARCH, "--palette", ",", "--out", "{new}"], "at least one block type", [], ["{new}"]),
     ("device-cuda", [*SEARCH, "--device", "cuda", "--out", "{new}"], "CUDA is not available", [], ["{new}"]),
     ("device-bad", [*SEARCH, "--device", "banana", "--out", "{new}"], "invalid device 'banana'", [], ["{new}"]),
+    ("device-mps", [*SEARCH, "--device", "mps", "--out", "{new}"], "runs on cpu or cuda", [], ["{new}"]),
+    ("device-cuda-index", [*SEARCH, "--device", "cuda:7", "--out", "{new}"], "this machine has: cpu", [],
+     ["{new}"]),
+    ("out-empty", [*SEARCH, "--out", ""], "argument --out: is empty", [], []),
+    ("stem-gray-on-rgb", [*SEARCH, "--model", "{w}/gray.pth", "--budget", "3M", "--data-dir", "{cifar}", "--out",
+                          "{new}"], "takes 1-channel images but", [], ["{new}"]),
+    ("teacher-gray", [*STUDENT, "--genotype", "resnet18", "--teacher", "{w}/gray.pth", "--out", "{new}"],
+     "takes 1-channel images", [], ["{new}"]),
+    ("teacher-nan", [*STUDENT, *GENOTYPE, "--teacher", "{w}/teacher-nan.pt", "--out", "{new}"],
+     "teacher-nan.pt holds NaN or infinite values in", [], ["{new}"]),
+    ("teacher-whole-module", [*STUDENT, *GENOTYPE, "--teacher", "{w}/whole-module.pt", "--out", "{new}"],
+     "torch.save(model.state_dict(), path)", [], ["{new}"]),
+    ("eval-export", ["eval", "--checkpoint", "{w}/exported.pt", "--data-dir", "{cifar}"], "is a TorchScript export",
+     [], []),
+    ("export-over-its-weights", ["export", "--checkpoint", "{w}/teacher.pt", "--format", "torchscript", "--out",
+                                 "{w}/teacher.pt"], "is the weight file being exported", ["{w}/teacher.pt"], []),
+    ("export-over-a-run", ["export", "--checkpoint", "{teacher}", "--format", "torchscript", "--out",
+                           "{w}/run/last.pt"], "exists; name a new file, or pass --force", ["{w}/run"], []),
     # places: files where folders belong, unwritable or impossible paths, a batch the data cannot fill
     ("out-is-file", [*SEARCH, "--out", "{w}/afile"], "is a file", ["{w}/afile"], []),
     ("out-in-proc", [*SEARCH, "--out", "/proc/blockswap-test/out"], "/proc/blockswap-test", [], []),

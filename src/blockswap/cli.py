@@ -5,7 +5,7 @@ so their defaults and help live in one place. `--plugin MODULE_OR_FILE` (or
 $BLOCKSWAP_PLUGINS, comma-separated) imports a user's module first, so the
 backbones, block types and scorers it registers work in every command.
 Nothing imports this module. Bad input ends with a one-line reason on stderr
-and exit code 2, never a traceback: `--debug` (or BLOCKSWAP_DEBUG=1) shows one.
+and exit code 2, never a traceback and no warning above it: `--debug` (or BLOCKSWAP_DEBUG=1) shows both.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -93,12 +94,17 @@ def _out_path(text: str) -> Path:
 def _device(text: str | None) -> torch.device:
     if text is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    here = "cpu" + (f", cuda:0..{torch.cuda.device_count() - 1}" if torch.cuda.is_available() else "")
     try:
         device = torch.device(text)
-    except RuntimeError as e:
-        raise BlockSwapError(f"invalid device {text!r}: {e}") from None
+    except RuntimeError:
+        raise BlockSwapError(f"invalid device {text!r}; this machine has: {here}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise BlockSwapError(f"device {text!r} requested but CUDA is not available")
+        raise BlockSwapError(f"device {text!r} requested but CUDA is not available; this machine has: {here}")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise BlockSwapError(f"device {text!r} does not exist; this machine has: {here}")
+    if device.type not in ("cpu", "cuda"):
+        raise BlockSwapError(f"device {text!r}: blockswap runs on cpu or cuda; this machine has: {here}")
     return device
 
 
@@ -704,6 +710,9 @@ def _one_line(e: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    if not debug:  # torch's and Pillow's warnings would sit above the one line a failure prints; --debug shows them
+        warnings.simplefilter("ignore")
+        os.environ.setdefault("PYTHONWARNINGS", "ignore")  # and in the worker processes this run spawns
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:

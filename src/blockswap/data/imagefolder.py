@@ -84,7 +84,12 @@ class ClassCountError(DataError):
 
 
 def check_classes(backbone: Backbone, data: ImageSet | FolderSplit, where: str | Path) -> None:
-    """Refuse a network whose head cannot hold the data's classes (for an image folder: exactly its classes)."""
+    """Refuse a network whose stem does not take the data's channels, or whose head cannot hold its classes (for an
+    image folder: exactly its classes)."""
+    channels = 3 if isinstance(data, FolderSplit) else int(data.images.shape[1])  # folders decode to RGB
+    if backbone.in_channels != channels:
+        raise DataError(f"{backbone.name} takes {backbone.in_channels}-channel images but {where} holds "
+                        f"{channels}-channel ones; use a network whose stem takes {channels} channels")
     have, need = backbone.num_classes, data.num_classes
     folder = isinstance(data, FolderSplit)
     if have < need or (folder and have != need):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 from collections.abc import Callable, Iterable
@@ -203,8 +204,14 @@ class LatencyTable:
             if any(len(v) != backbone.num_blocks for v in ms.values()):
                 raise BlockSwapError(f"{source}: a type's timings do not match {backbone.name}'s "
                                      f"{backbone.num_blocks} slots")
+            fixed = float(data["fixed_ms"])
+            bad = [k for k, v in ms.items() if any(t is not None and not (math.isfinite(t) and t > 0) for t in v)]
+            if bad or not (math.isfinite(fixed) and fixed >= 0):
+                raise BlockSwapError(f"{source}: a timing is negative, zero or not finite "
+                                     f"({bad[0] if bad else 'fixed_ms'}); no measurement gives that: measure "
+                                     "it again")
             return cls(backbone, int(data["batch_size"]), int(data["threads"]), str(data["device"]),
-                       str(data["device_name"]), str(data["torch_version"]), float(data["fixed_ms"]), ms,
+                       str(data["device_name"]), str(data["torch_version"]), fixed, ms,
                        str(data.get("measured_at", "")))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BlockSwapError(f"{source} is not a latency table ({type(e).__name__}: {e})") from None

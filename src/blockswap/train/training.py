@@ -337,6 +337,9 @@ def _load_teacher(config: TrainConfig, student: Genotype, device: torch.device) 
             f"teacher {t.name} ({len(t.stage_widths)} stages, {t.num_classes} classes) cannot teach student "
             f"{s.name} ({len(s.stage_widths)} stages, {s.num_classes} classes): attention transfer pairs stage outputs"
         )
+    if s.in_channels != t.in_channels:
+        raise BlockSwapError(f"teacher {config.teacher} takes {t.in_channels}-channel images, student {s.name} "
+                             f"{s.in_channels}-channel ones: both see the same images")
     teacher = teacher.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
     return teacher.eval().requires_grad_(False), genotype
 
