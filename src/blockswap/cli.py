@@ -485,6 +485,13 @@ def _cmd_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_study_options(p: argparse.ArgumentParser, what: str) -> None:
+    """--workers, --device, --out and --quiet of the studies that train."""
+    p.add_argument("--workers", type=_positive_int, default=1, help=f"{what} at once, each in its own process with "
+                   "an equal share of the CPU threads (several share one GPU) (default: 1)")
+    _add_resumable_options(p)
+
+
 def _add_study(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("study", help="measure how well proxies rank students by the error they train to",
                        description="The paper's ranking study (sections 4.2 and 4.3).")
@@ -496,10 +503,7 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
                          "finished candidates are not trained again. Works under torchrun (candidates split "
                          "over ranks).")
     add_options(r, StudyConfig)
-    r.add_argument("--workers", type=_positive_int, default=1,
-                   help="candidates scored and trained at once, each in its own process with an equal share of "
-                   "the CPU threads (several share one GPU) (default: 1)")
-    _add_resumable_options(r)
+    _add_study_options(r, "candidates scored and trained")
     r.set_defaults(func=_cmd_study_rank)
     s = kinds.add_parser("samples", help="expected error of the best-by-proxy of n samples, from a finished study",
                          description="From the results.csv of `blockswap study rank`, the expected test error "
@@ -524,10 +528,7 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
                              "finished training runs are not repeated. Works under torchrun (students split over "
                              "ranks).")
         add_options(k, config_class)
-        k.add_argument("--workers", type=_positive_int, default=1,
-                       help="training runs at once, each in its own process with an equal share of the CPU threads "
-                       "(several share one GPU) (default: 1)")
-        _add_resumable_options(k)
+        _add_study_options(k, "training runs")
         k.set_defaults(func=_cmd_cohort_study, config_class=config_class, runner=runner)
     g = kinds.add_parser("goodbad", help="block types and positions of the good and bad students of a study",
                          description="From a finished study's results.csv (study mixing, rank or compare), the "
