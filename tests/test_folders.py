@@ -295,3 +295,26 @@ def test_each_command_advises_a_fix_that_exists_there(image_folder: Path, cifar_
     err = capsys.readouterr().err
     assert "the studies train wrn-10-1 with its 10 classes" in err and "--num-classes" not in err
     assert not (tmp_path / "s2").exists() and not (tmp_path / "m").exists()
+
+
+def test_a_run_does_not_resume_on_changed_images(image_folder: Path, tmp_path: Path) -> None:
+    from blockswap import Genotype
+    from blockswap.train.training import TrainConfig, TrainingError, train
+
+    root = _copy(image_folder, tmp_path)
+    config = TrainConfig(genotype=Genotype.uniform(Backbone.from_name("wrn-10-1", 3)), data_dir=str(root), epochs=2,
+                         batch_size=16, precision="fp32")
+
+    def stop(row: dict, net: torch.nn.Module) -> None:
+        raise KeyboardInterrupt  # after epoch 1's checkpoint, as Ctrl-C would stop the run
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "run", progress=False, on_epoch=stop, loader_workers=0)
+    assert (tmp_path / "run" / "images.json").is_file()
+    added = root / "train" / "cat" / "zz-new.jpg"
+    shutil.copy(next((root / "train" / "cat").glob("*.jpg")), added)
+    with pytest.raises(TrainingError, match=r"images in .* changed since .* started"):
+        train(config, tmp_path / "run", resume=True, progress=False, loader_workers=0)
+    added.unlink()  # the same images again: the run resumes and finishes
+    final = train(config, tmp_path / "run", resume=True, progress=False, loader_workers=0)
+    assert final["epochs"] == 2

@@ -330,6 +330,19 @@ class FolderSplit:
         images, labels = next(iter(self._loader(dataset, [idx.tolist()])))
         return self.normalize(images.to(self.device)), labels.to(self.device)
 
+    def manifest_sha256(self) -> str:
+        """SHA-256 of every image's class, name, label and size: what a run trained on, cheap enough to check on
+        every resume (no image is read), and unchanged by where the folder lies."""
+        digest = hashlib.sha256()
+        for path, label in zip(self.paths, self.labels.tolist()):
+            p = Path(path)
+            try:
+                size = p.stat().st_size
+            except OSError as e:
+                raise DataError(f"cannot read image {p} ({e.strerror})") from None
+            digest.update(f"{p.parent.name}/{p.name}:{label}:{size}\n".encode())
+        return digest.hexdigest()
+
     def probe_fingerprint(self, batch_size: int, seed: int) -> str:
         """SHA-256 of the files `probe_batch` draws (class, name, label and bytes of each, and the image count):
         what a search scored on, unchanged by where the folder lies or which decoder reads it."""

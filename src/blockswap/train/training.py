@@ -55,7 +55,7 @@ from ..util.errors import BlockSwapError
 from ..util.options import check_fields, from_record, option, positive_int, seed_int
 from ..util.precision import PRECISIONS, autocast, resolve_precision
 from ..util.recipe import PER_STEP_SCHEDULES, SCHEDULES, Recipe
-from ..util.rundir import check_recorded, file_digest, record, write_json_atomic, write_text_atomic
+from ..util.rundir import check_recorded, file_digest, read_json, record, write_json_atomic, write_text_atomic
 from ..weights.checkpoint import read_checkpoint, save_atomic
 from ..weights.teachers import load_network
 from .distill import DistillConfig, LossParts, student_loss
@@ -66,6 +66,7 @@ __all__ = ["error_sums", "SCHEDULES", "ONE_PROCESS", "RECIPES", "RECIPE_BETA", "
            "epoch_order", "train"]
 
 ONE_PROCESS = "one-process"  # train(group=ONE_PROCESS): this process alone, whatever torchrun started
+IMAGES_FILE = "images.json"  # an image-folder run's manifests of its images, checked on resume
 STEP_FRACTIONS = (0.3, 0.6, 0.8)  # the paper's epochs 60, 120, 160 of 200
 STEP_GAMMA = 0.2  # the paper divides the learning rate by 5
 STEP30_EVERY, STEP30_GAMMA = 30, 0.1  # ImageNet (SPEC section 5): lr / 10 every 30 epochs
@@ -299,18 +300,29 @@ def _check_out_dir(out: Path, config: TrainConfig, resume: bool) -> dict[str, An
     return checkpoint
 
 
-def _record(out: Path, config: TrainConfig, dist: Distributed) -> None:
-    """Write config.json (rank 0) once the run has everything it needs."""
+def _record(out: Path, config: TrainConfig, dist: Distributed, images: dict[str, str] | None) -> None:
+    """Write config.json (rank 0) once the run has everything it needs; record the image folder's manifests in
+    images.json, or on a resume check that they are the ones the run started with."""
     dist.barrier()
     if dist.is_main:
+        resuming = (out / "config.json").exists() and (out / IMAGES_FILE).exists()
+        if images is not None and resuming:
+            if read_json(out / IMAGES_FILE, "image manifest") != images:
+                raise TrainingError(f"the images in {config.data_dir} changed since {out} started (files added, "
+                                    "removed, renamed or resized); resume needs the same images: restore them, or "
+                                    "train into a fresh --out")
+        elif images is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(out / IMAGES_FILE, images)
         record(out, "config.json", config.record())
 
 
 def _load_data(config: TrainConfig, backbone: Backbone, dist: Distributed,
-               workers: int) -> tuple[ImageSet | FolderSplit, ImageSet | FolderSplit]:
-    """This process's training set (all of it: batches are sliced per step) and its shard of the test set.
+               workers: int) -> tuple[ImageSet | FolderSplit, ImageSet | FolderSplit, dict[str, str] | None]:
+    """This process's training set (all of it: batches are sliced per step), its shard of the test set, and for an
+    image folder the manifests of both splits (`FolderSplit.manifest_sha256`) that a resume checks.
 
-    CIFAR-10 sits in memory on the device; an image folder's splits decode
+    CIFAR-10 sits in memory on the device (its files are MD5-checked); an image folder's splits decode
     their batches in `workers` processes at the network's input size.
     """
     size = backbone.input_size
@@ -323,7 +335,10 @@ def _load_data(config: TrainConfig, backbone: Backbone, dist: Distributed,
         test_set = test_set.subset(config.test_subset)
     if len(train_set) < config.batch_size:
         raise BlockSwapError(f"{len(train_set)} training images cannot fill one batch of {config.batch_size}")
-    return train_set.to(dist.device), test_set.shard(dist.rank, dist.world).to(dist.device)
+    images = None
+    if isinstance(train_set, FolderSplit) and isinstance(test_set, FolderSplit) and dist.is_main:
+        images = {"train_sha256": train_set.manifest_sha256(), "val_sha256": test_set.manifest_sha256()}
+    return train_set.to(dist.device), test_set.shard(dist.rank, dist.world).to(dist.device), images
 
 
 def _load_teacher(config: TrainConfig, student: Genotype, device: torch.device) -> tuple[BlockNetwork, Genotype] | None:
@@ -411,7 +426,7 @@ def _start(config: TrainConfig, out: Path, resume: bool, dist: Distributed, prog
     precision = resolve_precision(config.precision, device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     checkpoint = _check_out_dir(out, config, resume)
-    train_set, test_shard = _load_data(config, genotype.backbone, dist, workers)
+    train_set, test_shard, images = _load_data(config, genotype.backbone, dist, workers)
     teacher = _load_teacher(config, genotype, device)
     net = _fresh_network(config, genotype).to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
@@ -430,7 +445,7 @@ def _start(config: TrainConfig, out: Path, resume: bool, dist: Distributed, prog
         torch.set_rng_state(checkpoint["torch_rng"])
         if checkpoint["masks"] is not None:
             pruner = Pruner({name: mask.to(device) for name, mask in checkpoint["masks"].items()})
-    _record(out, config, dist)
+    _record(out, config, dist, images)
     model: nn.Module = TapsModule(net)
     if dist.world > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
