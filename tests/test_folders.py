@@ -318,3 +318,17 @@ def test_a_run_does_not_resume_on_changed_images(image_folder: Path, tmp_path: P
     added.unlink()  # the same images again: the run resumes and finishes
     final = train(config, tmp_path / "run", resume=True, progress=False, loader_workers=0)
     assert final["epochs"] == 2
+
+
+def test_a_corrupt_validation_image_stops_the_run_before_it_starts(image_folder: Path, tmp_path: Path) -> None:
+    from blockswap import Genotype
+    from blockswap.train.training import TrainConfig, train
+
+    root = _copy(image_folder, tmp_path)
+    bad = sorted((root / "val" / "ship").glob("*.jpg"))[-1]
+    bad.write_bytes(b"not an image at all")
+    config = TrainConfig(genotype=Genotype.uniform(Backbone.from_name("wrn-10-1", 3)), data_dir=str(root), epochs=1,
+                         batch_size=16, precision="fp32")
+    with pytest.raises(DataError, match=f"cannot decode image {bad}"):
+        train(config, tmp_path / "run", progress=False, loader_workers=0)
+    assert not (tmp_path / "run").exists()  # found before the folder was claimed, not after an epoch of training

@@ -32,6 +32,7 @@ import hashlib
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -329,6 +330,22 @@ class FolderSplit:
         dataset = _Decoded(self, (seed,) if augmented else None)
         images, labels = next(iter(self._loader(dataset, [idx.tolist()])))
         return self.normalize(images.to(self.device)), labels.to(self.device)
+
+    def check_headers(self) -> None:
+        """Open every image's header (no pixels decoded), in threads: a file that is not an image stops the run
+        before it starts, not at the epoch that first reads it."""
+        def fails(path: str) -> str | None:
+            try:
+                with Image.open(path):
+                    return None
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+                return f"cannot decode image {path} ({type(e).__name__}: {e})"
+
+        with ThreadPoolExecutor(max_workers=min(16, 4 * usable_cores())) as pool:
+            for reason in pool.map(fails, self.paths, chunksize=256):
+                if reason is not None:
+                    raise DataError(f"{reason}; remove or replace it (blockswap stops rather than skipping an "
+                                    "image, so every epoch sees the same images)")
 
     def manifest_sha256(self) -> str:
         """SHA-256 of every image's class, name, label and size: what a run trained on, cheap enough to check on

@@ -336,8 +336,11 @@ def _load_data(config: TrainConfig, backbone: Backbone, dist: Distributed,
     if len(train_set) < config.batch_size:
         raise BlockSwapError(f"{len(train_set)} training images cannot fill one batch of {config.batch_size}")
     images = None
-    if isinstance(train_set, FolderSplit) and isinstance(test_set, FolderSplit) and dist.is_main:
-        images = {"train_sha256": train_set.manifest_sha256(), "val_sha256": test_set.manifest_sha256()}
+    if isinstance(train_set, FolderSplit) and isinstance(test_set, FolderSplit):
+        train_set.check_headers()  # before the folder is claimed: a corrupt image found at epoch 1 would not be
+        test_set.check_headers()
+        if dist.is_main:
+            images = {"train_sha256": train_set.manifest_sha256(), "val_sha256": test_set.manifest_sha256()}
     return train_set.to(dist.device), test_set.shard(dist.rank, dist.world).to(dist.device), images
 
 
