@@ -102,3 +102,24 @@ def test_a_replaced_model_file_is_named_not_blamed_on_a_row(tmp_path: Path) -> N
                model)
     with pytest.raises(BlockSwapError, match=r"--model .*teacher.pt is not the file .* was searched with \(SHA-256"):
         run_search(config, tmp_path / "s", progress=False)
+
+
+def test_an_edited_latency_table_is_named_not_blamed_on_a_row(tmp_path: Path) -> None:
+    import json
+
+    import torch
+
+    import blockswap.space.latency as latency
+    from blockswap import Genotype
+    from blockswap.space.blocks import PALETTE_NAMES
+
+    backbone = SearchConfig(budget=1, model="wrn-10-1").backbone()
+    table, _ = latency.latency_table(backbone, PALETTE_NAMES, torch.device("cpu"), min_time=0.002, progress=False)
+    target = table.predict(Genotype(backbone, ("G4B2", "DConv", "ConvB2")))
+    config = SearchConfig(budget=None, budget_ms=target, model="wrn-10-1", samples=4, batch_size=16, seed=3)
+    run_search(config, tmp_path / "s", progress=False)
+    saved = json.loads((tmp_path / "s" / "latency.json").read_text())
+    saved["fixed_ms"] = saved["fixed_ms"] * 1.01  # a plausible edit: every prediction moves a little
+    (tmp_path / "s" / "latency.json").write_text(json.dumps(saved))
+    with pytest.raises(BlockSwapError, match=r"latency.json is not the latency table this search drew its"):
+        run_search(config, tmp_path / "s", progress=False)

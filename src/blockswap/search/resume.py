@@ -48,15 +48,20 @@ def search_inputs(images: ImageSet | FolderSplit | None, batch_size: int, seed: 
             "model_sha256": file_digest(model, "sha256") if is_weight_file(model) else None}
 
 
-def check_inputs(out: Path, inputs: dict[str, Any], data_dir: str | None, model: str) -> None:
-    """Record `inputs` in a new search folder, or refuse a folder whose recorded inputs differ, naming which."""
-    path = out / INPUTS_FILE
+def check_inputs(out: Path, inputs: dict[str, Any], data_dir: str | None, model: str, latency_file: str) -> None:
+    """Record `inputs` (and the SHA-256 of the folder's latency table, if it has one) in a new search folder, or
+    refuse a folder whose recorded inputs differ, naming which."""
+    path, table = out / INPUTS_FILE, out / latency_file
+    inputs = {**inputs, "latency_sha256": file_digest(table, "sha256") if table.exists() else None}
     if not path.exists():
         write_json_atomic(path, inputs)
         return
     saved = read_json(path, "search inputs record")
     if not isinstance(saved, dict):
         raise BlockSwapError(f"{path} is not a search inputs record; {_FRESH}")
+    if saved.get("latency_sha256", inputs["latency_sha256"]) != inputs["latency_sha256"]:
+        raise BlockSwapError(f"{table} is not the latency table this search drew its candidates with (it was "
+                             f"edited or replaced); restore it or {_FRESH}")
     if saved.get("model_sha256") != inputs["model_sha256"]:
         raise BlockSwapError(f"--model {model} is not the file {out} was searched with (SHA-256 "
                              f"{str(saved.get('model_sha256'))[:12]} -> {str(inputs['model_sha256'])[:12]}); "

@@ -228,7 +228,7 @@ def _prepare_out_dir(out: Path, config: SearchConfig, genotypes: list[Genotype],
         if latency is not None and not (out / LATENCY_FILE).exists():
             latency.save(out / LATENCY_FILE)
         record(out, "search.json", asdict(config))
-    check_inputs(out, inputs, config.data_dir, config.model)
+    check_inputs(out, inputs, config.data_dir, config.model, LATENCY_FILE)
     parts = sorted(out.glob("candidates.rank*.csv"))
     done: dict[int, Candidate] = {}
     for path in [csv_path, *parts]:
