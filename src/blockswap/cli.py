@@ -442,7 +442,7 @@ def _cmd_latency(args: argparse.Namespace) -> int:
     device = _device(args.device)
     table, path = latency_table(backbone, palette.names, device, args.batch_size, args.threads, args.min_time,
                                 args.refresh, progress=not args.quiet)
-    students = [Genotype.uniform(backbone)] if "Conv" in palette else []
+    students = [Genotype.uniform(backbone)] if backbone.teacher_block in palette else []
     students += uniform_genotypes(backbone, args.check, args.seed, palette)
     checks = check_latency_table(table, students[: args.check], device, 5 * args.min_time, progress=not args.quiet)
     errors = [abs(c.error_pct) for c in checks]
@@ -472,7 +472,7 @@ def _cmd_latency(args: argparse.Namespace) -> int:
     if checks:
         print(f"whole networks timed against the table's sum ({len(checks)}):")
         for c in checks:
-            label = "all Conv" if set(c.genotype.blocks) == {"Conv"} else " ".join(c.genotype.blocks)
+            label = f"all {blocks.pop()}" if len(blocks := set(c.genotype.blocks)) == 1 else " ".join(c.genotype.blocks)
             print(f"  predicted {c.predicted_ms:8.3f} ms  measured {c.measured_ms:8.3f} ms  error "
                   f"{c.error_pct:+6.1f}%  {label[:60]}")
         print(f"mean |error| {summary['mean_abs_error_pct']:.1f}%, largest {summary['max_abs_error_pct']:.1f}%")

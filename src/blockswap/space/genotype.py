@@ -66,9 +66,9 @@ class Genotype:
         return self
 
     @classmethod
-    def uniform(cls, backbone: Backbone, block: str = "Conv") -> Genotype:
-        """Every slot the same type (the teacher is `uniform(backbone, "Conv")`)."""
-        return cls(backbone, (block,) * backbone.num_blocks)
+    def uniform(cls, backbone: Backbone, block: str | None = None) -> Genotype:
+        """Every slot the same type; without `block`, the backbone's teacher block (the teacher network)."""
+        return cls(backbone, (block or backbone.teacher_block,) * backbone.num_blocks)
 
     def params(self) -> int:
         """Closed-form trainable parameter count of the whole network."""

@@ -87,12 +87,13 @@ def _check_values(path: str | Path, model: torch.nn.Module) -> None:
 
 
 def _recorded_teacher(payload: dict[str, Any], name: str | None, input_size: int | None) -> tuple[Genotype, Any]:
-    """The all-`Conv` genotype and weights of a blockswap checkpoint (which records its genotype)."""
+    """The teacher genotype (every block the backbone's teacher block) and weights of a blockswap checkpoint."""
     genotype = Genotype.from_dict(payload["genotype"])
-    if set(genotype.blocks) != {"Conv"}:
-        raise BlockSwapError(f"the file holds a blockswap student ({genotype}); a teacher has every block Conv")
+    teacher = genotype.backbone.teacher_block
+    if set(genotype.blocks) != {teacher}:
+        raise BlockSwapError(f"the file holds a blockswap student ({genotype}); a teacher has every block {teacher}")
     changes = {k: v for k, v in (("name", name), ("input_size", input_size)) if v is not None}
-    return Genotype.uniform(replace(genotype.backbone, **changes), "Conv"), payload["state_dict"]
+    return Genotype.uniform(replace(genotype.backbone, **changes)), payload["state_dict"]
 
 
 def load_resnet(source: str | Path | nn.Module | Mapping[str, Any], *, name: str | None = None,
