@@ -91,7 +91,8 @@ class Genotype:
         return build_network(self.backbone, self.blocks)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form: model name and classes, plus the full backbone spec where the name alone would not rebuild it."""
+        """The JSON form: model name and classes, plus the full backbone spec where the name alone would not
+        rebuild it."""
         b = self.backbone
         data: dict[str, Any] = {"model": b.name, "num_classes": b.num_classes}
         try:
