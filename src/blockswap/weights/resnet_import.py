@@ -1,11 +1,17 @@
-"""The user's own ResNet as a teacher: a BasicBlock ResNet of any layout read from its weights.
+"""The user's own ResNet as a teacher: a BasicBlock or Bottleneck ResNet of any layout read from its weights.
 
 A torchvision- or timm-format BasicBlock ResNet (`conv1`, `bn1`, `layer1..N`
 of blocks `conv1/bn1/conv2/bn2[/downsample.0/.1]`, `fc`) has exactly the key
 names of the all-`Conv` `PostActNetwork`, so once its `Backbone` is known the
-weights load strictly and unchanged. The layout (input channels, stem width and
-kernel, stage lengths and widths, classes) is read from the tensors' shapes;
-nothing is assumed about ResNet-18/34.
+weights load strictly and unchanged. A Bottleneck ResNet (blocks
+`conv1/bn1/conv2/bn2/conv3/bn3[/downsample.0/.1]`: 1x1, 3x3 with `groups`, 1x1)
+has the key names of the network whose every block is the bottleneck type with
+m = `conv1`'s output channels, C_out = `conv3`'s and `conv2`'s groups
+(`bottleneck_name`: `ConvB4` for ResNet-50, `A32B2` for resnext50_32x4d); that
+type becomes the backbone's `teacher_block`. Every stage must give the same ratio
+C_out / m, and the same groups (an `A` type) or groups of the same size (a `G` type).
+The layout (input channels, stem width and kernel, stage lengths and widths,
+classes) is read from the tensors' shapes; nothing is assumed about the depth.
 
 What shapes cannot tell, and how it is decided:
 
@@ -14,7 +20,10 @@ What shapes cannot tell, and how it is decided:
   width but has a `downsample` has stride 2 (a projection exists only to change
   the shape). When the width changes, the stride is not in the weights and
   torchvision's convention is taken: stage 1 stride 1, later stages stride 2.
-  `backbone_from_module` reads the strides from the modules instead.
+  A Bottleneck strides in its 3x3 `conv2` (torchvision's and timm's v1.5; a v1
+  network, striding in `conv1`, has the same shapes but another forward).
+  `backbone_from_module` reads the strides from the modules instead, and
+  refuses v1.
 - The stem. A 7x7 `conv1` is torchvision's ImageNet stem (stride 2, then a
   3x3/2 max-pool, 224x224 inputs by default); a 3x3 `conv1` is the CIFAR stem
   (stride 1, no max-pool, 32x32 inputs). Other kernels need the module.
@@ -24,10 +33,10 @@ What shapes cannot tell, and how it is decided:
   `load_resnet` given a module checks all of this by comparing its outputs with
   the rebuilt network's.
 
-timm's plain `resnet18`/`resnet34` use torchvision's key names. Its variants
-that blockswap cannot represent are refused by name: Bottleneck ResNets
-(`conv3`), deep stems (`conv1.0.weight`, the c/d/s/t variants), avg-pool
-downsampling (`downsample.1` a conv, the d variants) and a conv in place of the
+timm's plain ResNets (`resnet18` to `resnet152`, `wide_resnet50_2`,
+`resnext50_32x4d`) use torchvision's key names. Its variants that blockswap
+cannot represent are refused by name: deep stems (`conv1.0.weight`, the c/d/s/t
+variants), avg-pool downsampling (`downsample.1` a conv, the d variants) and a conv in place of the
 stem max-pool (`maxpool.0.weight`). The CIFAR ResNets of the popular
 pytorch-cifar code (`shortcut` for `downsample`, `linear` for `fc`) are renamed
 to torchvision's names by `normalize_state_dict`.
