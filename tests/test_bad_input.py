@@ -150,7 +150,7 @@ CASES: list[tuple[str, list[str], str, list[str], list[str]]] = [
     ("workers-too-many", [*SEARCH, "--workers", "1000", "--out", "{new}"], "exceeds the", [], ["{new}"]),
     ("model-unknown", [*SEARCH, "--model", "vgg", "--out", "{new}"], "unknown model 'vgg'", [], ["{new}"]),
     ("model-depth", [*SEARCH, "--model", "wrn-17-2", "--out", "{new}"], "depth must be 6n+4", [], ["{new}"]),
-    ("model-resnet50", [*SEARCH, "--model", "resnet50", "--out", "{new}"], "ResNet depth must be one of", [],
+    ("model-resnet20", [*SEARCH, "--model", "resnet20", "--out", "{new}"], "ResNet depth must be one of", [],
      ["{new}"]),
     ("scorer-unknown", [*SEARCH, "--scorer", "magic", "--out", "{new}"], "invalid choice: 'magic'", [], ["{new}"]),
     ("scorer-setting-form", [*SEARCH, "--scorer-setting", "nokey", "--out", "{new}"], "expected KEY=VALUE", [],

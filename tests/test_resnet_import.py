@@ -291,7 +291,7 @@ def _edit(state: dict[str, Tensor], case: str) -> dict[str, Tensor]:
 
 
 @pytest.mark.parametrize("case,message", [
-    ("bottleneck", "Bottleneck ResNet .*only BasicBlock ResNets \\(ResNet-18/34 style\\) can be block-swapped"),
+    ("bottleneck", "mix BasicBlocks and Bottlenecks \\('layer1.0.conv3.weight' but no 'layer2.0.conv3.weight'\\)"),
     ("deep stem", "deep stem .*'conv1.0.weight'"),
     ("avg down", "avg-pool downsample .*'layer2.0.downsample.1.weight'"),
     ("stem pool conv", "'maxpool.0.weight'"),

@@ -167,7 +167,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="parameters, MACs and per-block table of a genotype",
                        description="GENOTYPE is a genotype JSON, a published-format CSV, or a model name "
-                       "(wrn-40-2, resnet34, ...) for its all-Conv teacher.")
+                       "(wrn-40-2, resnet34, resnet50, ...) for its teacher (every block the teacher's own type).")
     p.add_argument("genotype", help="genotype file (.json or .csv), model name, or a ResNet weight file (.pt/.pth)")
     p.add_argument("--model", default=None, help="backbone for a CSV genotype (default wrn-40-2)")
     _add_num_classes(p)
@@ -181,11 +181,12 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 
 def _add_num_classes(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=_positive_int, default=None,
-                   help="classes of the network's head (default: the model's own, 10 for wrn-D-K, 1000 for resnet18/34)")
+                   help="classes of the network's head (default: the model's own, 10 for wrn-D-K, 1000 for the "
+                   "ImageNet ResNets)")
 
 
 def _resolve_genotype(text: str, model: str | None, row: int, num_classes: int | None = None) -> Genotype:
-    """A genotype file (JSON, or a published CSV on `model`'s backbone), or a model name's all-Conv network;
+    """A genotype file (JSON, or a published CSV on `model`'s backbone), or a model name's teacher network;
     `num_classes` gives a model name or a CSV's backbone that many classes."""
     path = Path(text)
     backbone = get_backbone(model, num_classes) if model else None
@@ -265,7 +266,7 @@ def _add_train(sub: argparse._SubParsersAction, recipe: str) -> None:
     t = kinds.add_parser("teacher", help="train a network with cross-entropy",
                          description="Train any supported network with plain cross-entropy.")
     arch = t.add_mutually_exclusive_group(required=True)
-    arch.add_argument("--model", help="all-Conv network: a registered backbone, e.g. wrn-40-2 or resnet18")
+    arch.add_argument("--model", help="the teacher network of a registered backbone, e.g. wrn-40-2 or resnet18")
     arch.add_argument("--genotype", help="genotype file (.json, or published .csv as WRN-40-2)")
     _add_num_classes(t)
     _add_recipe(t, recipe)
@@ -288,11 +289,11 @@ def _add_train(sub: argparse._SubParsersAction, recipe: str) -> None:
     s.add_argument("--budget", type=argparse_type(parse_budget),
                    help="parameter budget for --random and --prune, e.g. 400k")
     teach = s.add_mutually_exclusive_group(required=True)
-    teach.add_argument("--teacher", help="teacher weight file: last.pt of a teacher run, or your own BasicBlock "
-                       "ResNet's weights (torchvision/timm layout, read from its shapes)")
+    teach.add_argument("--teacher", help="teacher weight file: last.pt of a teacher run, or your own ResNet's "
+                       "weights (BasicBlock or Bottleneck, torchvision/timm layout, read from its shapes)")
     teach.add_argument("--no-teacher", action="store_true", help="cross-entropy only: what distillation adds")
     s.add_argument("--teacher-model", help="the teacher's architecture (model name or genotype file); "
-                   "checked against the checkpoint, needed only for a bare state dict that is not a BasicBlock ResNet")
+                   "checked against the checkpoint, needed only for a bare state dict that is not a ResNet")
     _add_num_classes(s)
     _add_recipe(s, recipe)
     add_options(s, TrainConfig, defaults=recipe_defaults(recipe))
@@ -390,8 +391,8 @@ _EXPORT_DEFAULTS = {name: p.default for name, p in inspect.signature(export_chec
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a trained network as ONNX or TorchScript, checked against PyTorch",
-                       description="Export the network of a weight file (a student, a teacher, or a bare BasicBlock "
-                       "ResNet state dict) in eval mode on the CPU, run the written file (onnxruntime, or "
+                       description="Export the network of a weight file (a student, a teacher, or a bare ResNet "
+                       "state dict) in eval mode on the CPU, run the written file (onnxruntime, or "
                        "torch.jit.load) on a seeded batch of another size than the export saw, and compare its "
                        "logits with PyTorch's. A difference above --tolerance exits with code 2 and keeps the file. "
                        "ONNX needs the export extra: pip install 'blockswap[export]'.")
@@ -424,7 +425,7 @@ def _add_latency(sub: argparse._SubParsersAction) -> None:
                        "and threads, print it, and time --check sampled students whole against the sum the table "
                        "predicts. A search with --budget-ms uses the same table.")
     p.add_argument("--model", default="wrn-40-2",
-                   help="a registered backbone or a BasicBlock ResNet weight file (default: wrn-40-2)")
+                   help="a registered backbone or a ResNet weight file (default: wrn-40-2)")
     _add_num_classes(p)
     p.add_argument("--batch-size", type=_positive_int, default=1, help="batch size of every timing (default: 1)")
     p.add_argument("--threads", type=_positive_int, default=1, help="CPU threads of every timing (default: 1)")
@@ -448,7 +449,7 @@ def _cmd_latency(args: argparse.Namespace) -> int:
     device = _device(args.device)
     table, path = latency_table(backbone, palette.names, device, args.batch_size, args.threads, args.min_time,
                                 args.refresh, progress=not args.quiet)
-    students = [Genotype.uniform(backbone)] if "Conv" in palette else []
+    students = [Genotype.uniform(backbone)] if backbone.teacher_block in palette else []
     students += uniform_genotypes(backbone, args.check, args.seed, palette)
     checks = check_latency_table(table, students[: args.check], device, 5 * args.min_time, progress=not args.quiet)
     errors = [abs(c.error_pct) for c in checks]
@@ -478,7 +479,7 @@ def _cmd_latency(args: argparse.Namespace) -> int:
     if checks:
         print(f"whole networks timed against the table's sum ({len(checks)}):")
         for c in checks:
-            label = "all Conv" if set(c.genotype.blocks) == {"Conv"} else " ".join(c.genotype.blocks)
+            label = f"all {blocks.pop()}" if len(blocks := set(c.genotype.blocks)) == 1 else " ".join(c.genotype.blocks)
             print(f"  predicted {c.predicted_ms:8.3f} ms  measured {c.measured_ms:8.3f} ms  error "
                   f"{c.error_pct:+6.1f}%  {label[:60]}")
         print(f"mean |error| {summary['mean_abs_error_pct']:.1f}%, largest {summary['max_abs_error_pct']:.1f}%")

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..scoring.scorer import Score, Scorer, average_scores, make_scorer, scorer_factory, scorer_info, scorer_names
-from ..space.blocks import DEFAULT_PALETTE, registered_block_types
+from ..space.blocks import DEFAULT_PALETTE, has_block_type, registered_block_types
 from ..space.genotype import Genotype
 from ..util.errors import BlockSwapError
 from ..util.workers import MAKE_IT_A_PLUGIN, WorkerPool
@@ -95,7 +95,7 @@ def user_modules(block_names: Iterable[str] = (), scorers: Iterable[object] = ()
 def require_registered(block_names: Iterable[str] = (), scorers: Iterable[str] = ()) -> None:
     """In a worker: every block type and scorer the jobs name is registered here too; else one BlockSwapError
     naming the first missing one and the fix."""
-    for name in sorted(set(block_names) - set(registered_block_types())):
+    for name in sorted(n for n in set(block_names) if not has_block_type(n)):
         raise BlockSwapError(f"block type {name!r} is registered in this process but not in its worker processes: "
                              f"{MAKE_IT_A_PLUGIN}")
     for name in sorted(set(scorers) - set(scorer_names())):

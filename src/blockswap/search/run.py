@@ -94,10 +94,11 @@ class SearchConfig:
     latency_threads: int = field(default=1, metadata=option("CPU threads the latency budget is measured with",
                                                             check=positive_int))
     model: str = field(default="wrn-40-2", metadata=option(
-        "the teacher whose blocks are swapped: a registered backbone (wrn-D-K, resnet18, resnet34, or a plugin's) "
-        "or the user's BasicBlock ResNet weight file (.pt/.pth/.bin/.ckpt; layout read from its shapes)"))
+        "the teacher whose blocks are swapped: a registered backbone (wrn-D-K, resnet18 to resnet152, "
+        "wide_resnet50_2, resnext50_32x4d, ..., or a plugin's) or the user's ResNet weight file "
+        "(.pt/.pth/.bin/.ckpt; BasicBlock or Bottleneck, layout read from its shapes)"))
     num_classes: int | None = field(default=None, metadata=option(
-        "classes of the network's head; default: the model's own (10 for wrn-D-K, 1000 for resnet18/34)",
+        "classes of the network's head; default: the model's own (10 for wrn-D-K, 1000 for the ImageNet ResNets)",
         check=positive_int))
     samples: int = field(default=1000, metadata=option("candidates to score; the paper's N", check=positive_int))
     batch_size: int = field(default=128, metadata=option("probe minibatch size (the training batch, as in the paper)",

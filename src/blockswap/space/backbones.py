@@ -7,7 +7,10 @@ network it is. Names resolve through a registry in the manner of timm's
 `register_model`: `@register_backbone("wrn-{depth}-{width}")` registers a
 factory whose `{placeholders}` are whole numbers taken from the name, so
 `wrn-40-2`, `resnet18` and any name a user registers resolve the same way
-(`get_backbone`). The published WRN-d-k and ResNet-18/34 follow SPEC section 2.
+(`get_backbone`). The published WRN-d-k and ResNet-18/34 follow SPEC section 2;
+torchvision's Bottleneck ResNets (ResNet-50/101/152, wide_resnet50_2/101_2,
+resnext50_32x4d, resnext101_32x8d/64x4d) are the same skeleton with a bottleneck
+type as the teacher's block (`Backbone.teacher_block`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from ..util.counts import whole_number
 from ..util.errors import BlockSwapError
 from ..util.options import from_record
 from ..util.registry import Registry
-from .blocks import conv_out_size
+from .blocks import block_type, bottleneck_name, conv_out_size
 
 __all__ = [
     "Backbone",
@@ -61,6 +64,10 @@ class Backbone:
     Post-activation (torchvision's ResNet): stem conv -> BN -> ReLU
     [-> max-pool], blocks `ReLU(shortcut(x) + body(x))` with a 1x1 conv + BN
     shortcut where the shape changes, head pool -> Linear.
+
+    `teacher_block` is the type every slot of the teacher holds: `Conv` for WRNs and
+    BasicBlock ResNets, a bottleneck type (`ConvB4` for ResNet-50) where the stage
+    widths are a Bottleneck's output channels. `Genotype.uniform(backbone)` is the teacher.
     """
 
     name: str
@@ -75,6 +82,7 @@ class Backbone:
     input_size: int = 32
     num_classes: int = 10
     in_channels: int = 3
+    teacher_block: str = "Conv"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -98,6 +106,12 @@ class Backbone:
             raise BlockSwapError(f"{self.name}: stem_kernel must be odd, got {self.stem_kernel}")
         if self.block_shapes()[-1].size_in < 1 or self.block_shapes()[-1].size_out < 1:
             raise BlockSwapError(f"{self.name}: input size {self.input_size} is too small for its strides")
+        if not isinstance(self.teacher_block, str) or not self.teacher_block:
+            raise BlockSwapError(f"{self.name}: teacher_block must be a block type name, got {self.teacher_block!r}")
+        teacher = block_type(self.teacher_block)
+        if bad := next((s for s in self.block_shapes() if not teacher.is_valid(s.c_in, s.c_out, s.stride)), None):
+            raise BlockSwapError(f"{self.name}: its teacher block {self.teacher_block} cannot be built at "
+                                 f"{bad.c_in}->{bad.c_out} channels")
 
     @classmethod
     def from_name(cls, name: str, num_classes: int | None = None) -> Backbone:
@@ -134,10 +148,15 @@ class Backbone:
         return [s for s, n in enumerate(self.stage_lengths) for _ in range(n)]
 
     def to_dict(self) -> dict[str, Any]:
-        """The spec as JSON values (what a genotype file embeds for an unregistered backbone)."""
+        """The spec as JSON values (what a genotype file embeds for an unregistered backbone).
+
+        `teacher_block` is left out when it is `Conv`, so the files of earlier versions and these are the same.
+        """
         data = asdict(self)
         for attr in ("stage_lengths", "stage_widths", "stage_strides"):
             data[attr] = list(data[attr])
+        if data["teacher_block"] == "Conv":
+            del data["teacher_block"]
         return data
 
     @classmethod
@@ -235,9 +254,11 @@ def models_with_blocks(num_blocks: int, like: Backbone | None = None) -> list[tu
     `wrn-40-2`). Literal names are tried as they are; a template's `{depth}` is probed from 1 to
     4 * num_blocks + 16 (a block holds at most four of the layers a depth counts, and at most 16 sit outside
     the blocks), its other numbers taken from `like` where `like` comes from that template, else 1. Only
-    specs are made, no networks, so this is cheap.
+    specs are made, no networks, so this is cheap. Where some of them have `like`'s teacher block (a list of
+    `Conv`-teacher slots fits resnet34 before resnet50), only those are given.
     """
     found: dict[str, tuple[str, ...]] = {}
+    teachers: dict[str, str] = {}
     depths = range(1, 4 * num_blocks + 17)
     for entry in list(_REGISTRY.values()):
         fields = re.findall(r"\{([a-z_]+)\}", entry.template)
@@ -249,12 +270,14 @@ def models_with_blocks(num_blocks: int, like: Backbone | None = None) -> list[tu
             backbone = _probe(entry.template.format(**numbers))
             if backbone is None or backbone.num_blocks != num_blocks or backbone.name in found:
                 continue
+            teachers[backbone.name] = backbone.teacher_block
             found[backbone.name] = tuple(
                 k for k in fields if k != "depth"
                 and (other := _probe(entry.template.format(**{**numbers, k: numbers[k] + 1}))) is not None
                 and other.num_blocks == num_blocks
             )
-    return list(found.items())
+    alike = {name: free for name, free in found.items() if like is not None and teachers[name] == like.teacher_block}
+    return list((alike or found).items())
 
 
 @register_backbone("wrn-{depth}-{width}", help="WideResNet, depth 6n+4, e.g. wrn-40-2, wrn-16-1")
@@ -268,14 +291,37 @@ def wide_resnet(depth: int, width: int) -> Backbone:
                     post_activation=False, stem_channels=16)
 
 
-_RESNET_LAYOUTS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+_RESNET_LAYOUTS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+_BASIC_DEPTHS = (18, 34)  # BasicBlocks; deeper ones are Bottlenecks
 
 
-@register_backbone("resnet{depth}", help="torchvision's ResNet-18 or ResNet-34")
+def _imagenet_resnet(name: str, depth: int, teacher_block: str = "Conv", expansion: int = 1) -> Backbone:
+    """torchvision's ResNet layout for 224x224 ImageNet inputs; a Bottleneck's stage width is `expansion` x 64 x 2^i."""
+    widths = tuple(expansion * w for w in (64, 128, 256, 512))
+    return Backbone(name, _RESNET_LAYOUTS[depth], widths, (1, 2, 2, 2), post_activation=True, stem_channels=64,
+                    stem_kernel=7, stem_stride=2, stem_pool=True, input_size=224, num_classes=1000,
+                    teacher_block=teacher_block)
+
+
+@register_backbone("resnet{depth}", help="torchvision's ResNet-18/34 (BasicBlock) or ResNet-50/101/152 (Bottleneck)")
 def resnet(depth: int) -> Backbone:
-    """ResNet-18/34 in torchvision's layout for 224x224 ImageNet inputs: post-activation BasicBlocks."""
+    """ResNet-18/34/50/101/152 in torchvision's layout: post-activation BasicBlocks (`Conv`) up to 34, Bottlenecks
+    (conv1x1 -> conv3x3 with the stride -> conv1x1, expansion 4: `ConvB4`) from 50."""
     if whole_number(depth, "ResNet depth") not in _RESNET_LAYOUTS:
         raise BlockSwapError(f"ResNet depth must be one of {sorted(_RESNET_LAYOUTS)}, got {depth}")
-    return Backbone(f"resnet{depth}", _RESNET_LAYOUTS[depth], (64, 128, 256, 512), (1, 2, 2, 2),
-                    post_activation=True, stem_channels=64, stem_kernel=7, stem_stride=2, stem_pool=True,
-                    input_size=224, num_classes=1000)
+    if depth in _BASIC_DEPTHS:
+        return _imagenet_resnet(f"resnet{depth}", depth)
+    return _imagenet_resnet(f"resnet{depth}", depth, bottleneck_name(4), 4)
+
+
+def _register_bottleneck_resnet(name: str, depth: int, teacher_block: str, help: str) -> None:
+    register_backbone(name, help=help)(lambda: _imagenet_resnet(name, depth, teacher_block, 4))
+
+
+# torchvision's wide and ResNeXt Bottleneck ResNets: the inner width m = 64 x 2^i x (width per group / 64) x groups
+# against 256 x 2^i output channels gives the ratio; the groups stay fixed from stage to stage (the `A` types).
+for _name, _depth, _ratio, _groups in (("wide_resnet50_2", 50, 2, 1), ("wide_resnet101_2", 101, 2, 1),
+                                       ("resnext50_32x4d", 50, 2, 32), ("resnext101_32x8d", 101, 1, 32),
+                                       ("resnext101_64x4d", 101, 1, 64)):
+    _register_bottleneck_resnet(_name, _depth, bottleneck_name(_ratio, _groups),
+                                f"torchvision's {_name}: {bottleneck_name(_ratio, _groups)} blocks")

@@ -14,11 +14,18 @@ everywhere a published one does once `register_block_type` has seen it.
 Two baselines of the paper's Table 2 are registered too but stay out of
 `DEFAULT_PALETTE`: `MBConv6` (MobileNetV2's inverted residual, a conv chain)
 and `DARTS` (the DARTS V2 cell, a small graph of ops, `CellBlockType`).
+
+The bottleneck names extend past the published ones: `ConvB{b}`, `A{n}B{b}` and
+`G{g}B{b}` name the same chain for any ratio b and group setting (ResNeXt's
+32-group bottleneck of ratio 2 is `A32B2`, of ratio 1 `A32B1`). Such a name
+resolves on first use (`block_type`), in any process, so a Bottleneck teacher's
+type need not be in the palette (`bottleneck_name`).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -31,7 +38,7 @@ from ..util.registry import Registry
 
 __all__ = ["ConvSpec", "BlockType", "Palette", "DEFAULT_PALETTE", "register_block_type", "block_type",
            "registered_block_types", "conv_out_size", "init_weights", "CellSpec", "CellChain", "CellBlockType",
-           "DartsCell", "DARTS_V2", "BASELINE_NAMES"]
+           "DartsCell", "DARTS_V2", "BASELINE_NAMES", "bottleneck_name", "has_block_type"]
 
 
 @dataclass(frozen=True)
@@ -448,8 +455,48 @@ def register_block_type(block: BlockType) -> BlockType:
 
 
 def block_type(name: str) -> BlockType:
-    """The registered type called `name`; BlockSwapError naming the choices if there is none."""
+    """The registered type called `name`; BlockSwapError naming the choices if there is none.
+
+    A bottleneck name of the published pattern (`ConvB{b}`, `A{n}B{b}`, `G{g}B{b}`) that is not registered yet
+    is registered here, so such types resolve in every process without a plugin.
+    """
+    if name not in _REGISTRY and (made := _named_bottleneck(name)) is not None:
+        register_block_type(made)
     return _REGISTRY[name]
+
+
+def has_block_type(name: str) -> bool:
+    """Whether `block_type(name)` resolves: registered, or a bottleneck name it registers on use."""
+    return name in _REGISTRY or _named_bottleneck(name) is not None
+
+
+_BOTTLENECK_NAME = re.compile(r"(?:Conv|A([1-9][0-9]*)|G([1-9][0-9]*))B([1-9][0-9]*)")
+
+
+def _named_bottleneck(name: object) -> BlockType | None:
+    """The bottleneck type a name of the published pattern stands for (None for any other name).
+
+    `ConvB{b}`: dense, m = C_out / b; `A{n}B{b}`: n groups (n >= 2); `G{g}B{b}`: groups of g channels (g >= 2).
+    """
+    if not isinstance(name, str) or not (m := _BOTTLENECK_NAME.fullmatch(name)):
+        return None
+    groups, group_channels, ratio = (int(v) if v else 0 for v in m.groups())
+    if groups == 1 or group_channels == 1:
+        return None
+    gamma = _n_groups(groups) if groups else _groups_of(group_channels) if group_channels else _dense
+    return BlockType(name, "B", bottleneck_chain(ratio, gamma))
+
+
+def bottleneck_name(ratio: int, groups: int = 1, group_channels: int | None = None) -> str:
+    """The type name of Conv1x1(C_in->m) -> GConv3x3(m->m) -> Conv1x1(m->C_out) with C_out = ratio x m.
+
+    Dense (`groups` 1): `ConvB{ratio}`; a fixed number of groups: `A{groups}B{ratio}`; with `group_channels`
+    (groups of that many channels whatever m is): `G{group_channels}B{ratio}`. torchvision's ResNet-50 is
+    `ConvB4`, wide_resnet50_2 `ConvB2`, resnext50_32x4d `A32B2`, resnext101_32x8d `A32B1`.
+    """
+    if group_channels is not None:
+        return f"G{group_channels}B{ratio}"
+    return f"ConvB{ratio}" if groups == 1 else f"A{groups}B{ratio}"
 
 
 def registered_block_types() -> dict[str, BlockType]:

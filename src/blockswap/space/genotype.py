@@ -66,9 +66,9 @@ class Genotype:
         return self
 
     @classmethod
-    def uniform(cls, backbone: Backbone, block: str = "Conv") -> Genotype:
-        """Every slot the same type (the teacher is `uniform(backbone, "Conv")`)."""
-        return cls(backbone, (block,) * backbone.num_blocks)
+    def uniform(cls, backbone: Backbone, block: str | None = None) -> Genotype:
+        """Every slot the same type; without `block`, the backbone's teacher block (the teacher network)."""
+        return cls(backbone, (block or backbone.teacher_block,) * backbone.num_blocks)
 
     def params(self) -> int:
         """Closed-form trainable parameter count of the whole network."""
@@ -91,7 +91,8 @@ class Genotype:
         return build_network(self.backbone, self.blocks)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form: model name and classes, plus the full backbone spec where the name alone would not rebuild it."""
+        """The JSON form: model name and classes, plus the full backbone spec where the name alone would not
+        rebuild it."""
         b = self.backbone
         data: dict[str, Any] = {"model": b.name, "num_classes": b.num_classes}
         try:

@@ -43,7 +43,7 @@ from ..util.rundir import read_json, write_json_atomic
 from .backbones import Backbone
 from .blocks import block_type, init_weights
 from .genotype import Genotype
-from .networks import PostActBlock, PreActBlock, build_network
+from .networks import PostActBlock, PreActBlock, build_skeleton
 
 __all__ = ["LatencyTable", "LatencyCheck", "CACHE_ENV", "DEFAULT_MIN_TIME", "cache_dir", "device_name",
            "parse_ms", "time_call", "time_network", "measure_latency_table", "latency_table", "check_latency_table"]
@@ -237,7 +237,7 @@ def _block(backbone: Backbone, slot: int, name: str) -> nn.Module:
 
 def _fixed_ms(backbone: Backbone, device: torch.device, batch_size: int, threads: int, min_time: float) -> float:
     """Milliseconds of the stem and of the head of the network, timed apart on inputs of their shapes."""
-    net = build_network(backbone, ["Conv"] * backbone.num_blocks).to(device, memory_format=torch.channels_last).eval()
+    net = build_skeleton(backbone).to(device, memory_format=torch.channels_last).eval()
     stem_in = _images((batch_size, backbone.in_channels, backbone.input_size, backbone.input_size), device)
     last = backbone.block_shapes()[-1]
     head_in = _images((batch_size, last.c_out, last.size_out, last.size_out), device)

@@ -9,12 +9,15 @@ size, classes) comes from the spec, so any backbone a user registers builds here
 Networks expose `forward_taps`, which returns the logits together with the
 stage outputs (for attention transfer) and the block-body outputs (Fisher
 probes), so no forward hooks are needed. `fixed_costs` measures the parameters
-and MACs outside the block bodies on the built network itself, so no
-per-backbone formula exists to drift from the modules.
+and MACs outside the block bodies on the network's own modules, built with
+parameter-free stand-ins for the bodies (`build_skeleton`), so no per-backbone
+formula exists to drift from the modules and no teacher body is ever allocated
+(a ResNet-50's would be 20M parameters, a ResNet-152's 50M).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -24,7 +27,7 @@ from torch import Tensor, nn
 
 from ..util.errors import BlockSwapError
 from .backbones import Backbone, BlockShape
-from .blocks import block_type, init_weights
+from .blocks import block_type, conv_out_size, init_weights
 
 __all__ = [
     "Taps",
@@ -35,6 +38,7 @@ __all__ = [
     "PostActBlock",
     "FixedCosts",
     "build_network",
+    "build_skeleton",
     "fixed_costs",
 ]
 
@@ -156,8 +160,26 @@ class BlockNetwork(nn.Module):
         return Taps(self.forward_head(x), stages, probes)
 
 
-def _bodies(backbone: Backbone, block_names: Sequence[str]) -> Iterator[tuple[nn.Module, BlockShape]]:
+class _StandIn(nn.Module):
+    """A parameter-free body of a skeleton: zeros of the shape the real body would give (C_out channels, the
+    3x3 conv's output size at the block's stride)."""
+
+    def __init__(self, shape: BlockShape) -> None:
+        super().__init__()
+        self.channels, self.stride = shape.c_out, shape.stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = (conv_out_size(n, 3, self.stride) for n in x.shape[-2:])
+        return x.new_zeros(x.shape[0], self.channels, h, w)
+
+
+def _bodies(backbone: Backbone, block_names: Sequence[str] | None) -> Iterator[tuple[nn.Module, BlockShape]]:
+    """Each slot's body and shape; with `block_names` None, a `_StandIn` in every slot."""
     shapes = backbone.block_shapes()
+    if block_names is None:
+        for shape in shapes:
+            yield nn.Sequential(OrderedDict(stand_in=_StandIn(shape))), shape
+        return
     if len(block_names) != len(shapes):
         raise BlockSwapError(f"{backbone.name} has {len(shapes)} blocks, got {len(block_names)} block names")
     for i, (name, shape) in enumerate(zip(block_names, shapes)):
@@ -169,11 +191,14 @@ def _bodies(backbone: Backbone, block_names: Sequence[str]) -> Iterator[tuple[nn
 
 
 class PreActNetwork(BlockNetwork):
-    """Stem conv, stages of pre-activation blocks, then BN -> ReLU -> pool -> Linear (WRN)."""
+    """Stem conv, stages of pre-activation blocks, then BN -> ReLU -> pool -> Linear (WRN).
 
-    def __init__(self, backbone: Backbone, block_names: Sequence[str]) -> None:
+    `block_names` None builds the skeleton (`build_skeleton`).
+    """
+
+    def __init__(self, backbone: Backbone, block_names: Sequence[str] | None) -> None:
         super().__init__()
-        self.backbone, self.block_names = backbone, tuple(block_names)
+        self.backbone, self.block_names = backbone, tuple(block_names or ())
         b = backbone
         self.conv1 = nn.Conv2d(b.in_channels, b.stem_channels, b.stem_kernel, stride=b.stem_stride,
                                padding=b.stem_kernel // 2, bias=False)
@@ -200,11 +225,14 @@ class PreActNetwork(BlockNetwork):
 
 
 class PostActNetwork(BlockNetwork):
-    """Torchvision's ResNet layout (conv1, bn1, layer1.., fc) with post-activation blocks."""
+    """Torchvision's ResNet layout (conv1, bn1, layer1.., fc) with post-activation blocks.
 
-    def __init__(self, backbone: Backbone, block_names: Sequence[str]) -> None:
+    `block_names` None builds the skeleton (`build_skeleton`).
+    """
+
+    def __init__(self, backbone: Backbone, block_names: Sequence[str] | None) -> None:
         super().__init__()
-        self.backbone, self.block_names = backbone, tuple(block_names)
+        self.backbone, self.block_names = backbone, tuple(block_names or ())
         b = backbone
         self.conv1 = nn.Conv2d(b.in_channels, b.stem_channels, b.stem_kernel, stride=b.stem_stride,
                                padding=b.stem_kernel // 2, bias=False)
@@ -237,6 +265,15 @@ def build_network(backbone: Backbone, block_names: Sequence[str], init: bool = T
     return net
 
 
+def build_skeleton(backbone: Backbone, init: bool = True) -> BlockNetwork:
+    """The network with a parameter-free `_StandIn` for every body: its stem, shortcuts, block BNs and head are
+    the real modules (same names, same forward), at the cost of those parts only."""
+    net = (PostActNetwork if backbone.post_activation else PreActNetwork)(backbone, None)
+    if init:
+        init_weights(net)
+    return net
+
+
 @dataclass(frozen=True)
 class FixedCosts:
     """Parameters and MACs (one input image) outside the block bodies: stem, shortcuts, BNs, head."""
@@ -256,23 +293,21 @@ def _macs(module: nn.Module, output: Tensor) -> int:
 
 @lru_cache(maxsize=256)
 def fixed_costs(backbone: Backbone) -> FixedCosts:
-    """Counted on the all-`Conv` network itself: all of its parameters and MACs minus those of its bodies.
+    """Counted on the skeleton (`build_skeleton`): every parameter and MAC of the network outside its bodies.
 
     MACs are those of convolutions and Linear layers for one image (SPEC
     section 2), read from each layer's output in one no-grad forward pass on
     the CPU. `torch.utils.flop_counter` gives the same figures (a test checks
     it) but costs about 2 s on its first use in a process, as does a forward
-    pass on the meta device; this costs about 50 ms for WRN-40-2.
+    pass on the meta device; this costs about 50 ms for WRN-40-2 and builds
+    none of the teacher's bodies, so a ResNet-152 costs about as little.
     """
     with torch.random.fork_rng(devices=[]), torch.no_grad():
-        net = build_network(backbone, ["Conv"] * backbone.num_blocks, init=False).eval()
-        bodies = {id(m) for block in net.blocks for body in block.body_modules() for m in body.modules()}
+        net = build_skeleton(backbone, init=False).eval()
         counted: list[int] = []
-        handles = [m.register_forward_hook(lambda m, _, out: counted.append(0 if id(m) in bodies else _macs(m, out)))
+        handles = [m.register_forward_hook(lambda m, _, out: counted.append(_macs(m, out)))
                    for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
         net(torch.zeros(1, backbone.in_channels, backbone.input_size, backbone.input_size))
         for handle in handles:
             handle.remove()
-    params = sum(p.numel() for p in net.parameters()) - sum(
-        p.numel() for block in net.blocks for body in block.body_modules() for p in body.parameters())
-    return FixedCosts(params, sum(counted))
+    return FixedCosts(sum(p.numel() for p in net.parameters()), sum(counted))

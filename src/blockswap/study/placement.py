@@ -37,7 +37,7 @@ import torch.distributed as torch_dist
 
 from ..data import probe_images
 from ..space.backbones import Backbone, get_backbone
-from ..space.blocks import block_type, registered_block_types
+from ..space.blocks import block_type, has_block_type, registered_block_types
 from ..space.genotype import Genotype
 from ..util.counts import format_count
 from ..util.distributed import on_rank0, rank0_first
@@ -81,12 +81,12 @@ def _student_name(position: int) -> str:
 def _buildable(config: PlacementConfig) -> list[bool]:
     """Per block slot, whether `config.type` can be built there; refuses an unregistered type or the teacher's own."""
     names = list(registered_block_types())
-    if config.type not in names:
+    if not has_block_type(config.type):
         raise BlockSwapError(f"--type {config.type!r} is not a registered block type; choose one of "
                              f"{', '.join(names)} (or register your own in a plugin)")
-    if config.type == "Conv":
-        raise BlockSwapError("--type Conv is the teacher's own block, so every student would be the teacher: name a "
-                             f"cheaper type, e.g. {PAPER_G}")
+    if config.type == config.backbone().teacher_block:
+        raise BlockSwapError(f"--type {config.type} is the teacher's own block, so every student would be the teacher: "
+                             f"name a cheaper type, e.g. {PAPER_G}")
     kind = block_type(config.type)
     fits = [kind.is_valid(s.c_in, s.c_out, s.stride) for s in config.backbone().block_shapes()]
     if not any(fits):
@@ -351,10 +351,10 @@ def _error(text: str) -> float:
 
 
 def _capacity(backbone: Backbone, position: int, name: str) -> float:
-    """Type `name`'s body parameters at block `position` (from 0) as a share of the Conv block it replaces."""
+    """Type `name`'s body parameters at block `position` (from 0) as a share of the teacher's block it replaces."""
     s = backbone.block_shapes()[position]
     post = backbone.post_activation
-    return block_type(name).params(s.c_in, s.c_out, s.stride, post) / block_type("Conv").params(
+    return block_type(name).params(s.c_in, s.c_out, s.stride, post) / block_type(backbone.teacher_block).params(
         s.c_in, s.c_out, s.stride, post)
 
 

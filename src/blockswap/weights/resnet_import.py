@@ -1,11 +1,17 @@
-"""The user's own ResNet as a teacher: a BasicBlock ResNet of any layout read from its weights.
+"""The user's own ResNet as a teacher: a BasicBlock or Bottleneck ResNet of any layout read from its weights.
 
 A torchvision- or timm-format BasicBlock ResNet (`conv1`, `bn1`, `layer1..N`
 of blocks `conv1/bn1/conv2/bn2[/downsample.0/.1]`, `fc`) has exactly the key
 names of the all-`Conv` `PostActNetwork`, so once its `Backbone` is known the
-weights load strictly and unchanged. The layout (input channels, stem width and
-kernel, stage lengths and widths, classes) is read from the tensors' shapes;
-nothing is assumed about ResNet-18/34.
+weights load strictly and unchanged. A Bottleneck ResNet (blocks
+`conv1/bn1/conv2/bn2/conv3/bn3[/downsample.0/.1]`: 1x1, 3x3 with `groups`, 1x1)
+has the key names of the network whose every block is the bottleneck type with
+m = `conv1`'s output channels, C_out = `conv3`'s and `conv2`'s groups
+(`bottleneck_name`: `ConvB4` for ResNet-50, `A32B2` for resnext50_32x4d); that
+type becomes the backbone's `teacher_block`. Every stage must give the same ratio
+C_out / m, and the same groups (an `A` type) or groups of the same size (a `G` type).
+The layout (input channels, stem width and kernel, stage lengths and widths,
+classes) is read from the tensors' shapes; nothing is assumed about the depth.
 
 What shapes cannot tell, and how it is decided:
 
@@ -14,7 +20,10 @@ What shapes cannot tell, and how it is decided:
   width but has a `downsample` has stride 2 (a projection exists only to change
   the shape). When the width changes, the stride is not in the weights and
   torchvision's convention is taken: stage 1 stride 1, later stages stride 2.
-  `backbone_from_module` reads the strides from the modules instead.
+  A Bottleneck strides in its 3x3 `conv2` (torchvision's and timm's v1.5; a v1
+  network, striding in `conv1`, has the same shapes but another forward).
+  `backbone_from_module` reads the strides from the modules instead, and
+  refuses v1.
 - The stem. A 7x7 `conv1` is torchvision's ImageNet stem (stride 2, then a
   3x3/2 max-pool, 224x224 inputs by default); a 3x3 `conv1` is the CIFAR stem
   (stride 1, no max-pool, 32x32 inputs). Other kernels need the module.
@@ -24,10 +33,10 @@ What shapes cannot tell, and how it is decided:
   `load_resnet` given a module checks all of this by comparing its outputs with
   the rebuilt network's.
 
-timm's plain `resnet18`/`resnet34` use torchvision's key names. Its variants
-that blockswap cannot represent are refused by name: Bottleneck ResNets
-(`conv3`), deep stems (`conv1.0.weight`, the c/d/s/t variants), avg-pool
-downsampling (`downsample.1` a conv, the d variants) and a conv in place of the
+timm's plain ResNets (`resnet18` to `resnet152`, `wide_resnet50_2`,
+`resnext50_32x4d`) use torchvision's key names. Its variants that blockswap
+cannot represent are refused by name: deep stems (`conv1.0.weight`, the c/d/s/t
+variants), avg-pool downsampling (`downsample.1` a conv, the d variants) and a conv in place of the
 stem max-pool (`maxpool.0.weight`). The CIFAR ResNets of the popular
 pytorch-cifar code (`shortcut` for `downsample`, `linear` for `fc`) are renamed
 to torchvision's names by `normalize_state_dict`.
@@ -46,10 +55,12 @@ import torch
 from torch import Tensor, nn
 
 from ..space.backbones import Backbone
+from ..space.blocks import block_type, bottleneck_name
 from ..space.networks import BlockNetwork
 from ..util.errors import BlockSwapError
 
-__all__ = ["WEIGHT_SUFFIXES", "backbone_from_module", "backbone_from_state_dict", "is_weight_file", "normalize_state_dict"]
+__all__ = ["WEIGHT_SUFFIXES", "backbone_from_module", "backbone_from_state_dict", "is_weight_file",
+           "normalize_state_dict"]
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 """File suffixes `is_weight_file` takes for a weight file rather than a model name."""
@@ -60,7 +71,7 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema", "m
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
 _BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
 _BLOCK_KEY = re.compile(r"layer(\d+)\.(\d+)\.(.+)")
-_BASICBLOCK_ONLY = "only BasicBlock ResNets (ResNet-18/34 style) can be block-swapped"
+_SUPPORTED = "only torchvision-style BasicBlock and Bottleneck ResNets can be block-swapped"
 _STEMS = {7: (2, True, 224), 3: (1, False, 32)}  # stem kernel -> stride, max-pool, default input size
 
 
@@ -150,9 +161,15 @@ class _Layout:
     stem_channels: int
     stem_kernel: int
     stage_lengths: tuple[int, ...]
-    stage_widths: tuple[int, ...]
+    stage_widths: tuple[int, ...]  # each stage's block output channels (4 x the inner width in ResNet-50)
     projects: tuple[bool, ...]  # whether each stage's first block has a downsample
     num_classes: int
+    teacher_block: str = "Conv"
+    stage_groups: tuple[int, ...] = ()  # a Bottleneck's conv2 groups per stage; empty for BasicBlocks
+
+    @property
+    def bottleneck(self) -> bool:
+        return bool(self.stage_groups)
 
     def stage_inputs(self) -> list[int]:
         """The channels entering each stage."""
@@ -178,11 +195,24 @@ class _Reader:
     def conv(self, key: str, c_out: int | None, c_in: int, kernel: int | None) -> int:
         """Read a bias-free conv's weight; return its output channels."""
         shape = self.tensor(key, 4).shape
-        if kernel is not None and tuple(shape[2:]) != (kernel, kernel):
-            raise BlockSwapError(f"{key!r} is a {shape[2]}x{shape[3]} conv; expected {kernel}x{kernel}")
         if shape[1] != c_in:
             raise BlockSwapError(f"{key!r} takes {shape[1]} input channels but its input has {c_in} "
                                  "(grouped convs and inconsistent widths are not supported)")
+        return self._checked(key, c_out, kernel)
+
+    def grouped_conv(self, key: str, channels: int, kernel: int) -> int:
+        """Read a bias-free grouped conv of `channels` in and out (a Bottleneck's conv2); return its groups."""
+        shape = self.tensor(key, 4).shape
+        if shape[1] < 1 or channels % shape[1]:
+            raise BlockSwapError(f"{key!r} takes {shape[1]} input channels per group, which does not divide the "
+                                 f"{channels} channels of its input")
+        self._checked(key, channels, kernel)
+        return channels // int(shape[1])
+
+    def _checked(self, key: str, c_out: int | None, kernel: int | None) -> int:
+        shape = self.state[key].shape
+        if kernel is not None and tuple(shape[2:]) != (kernel, kernel):
+            raise BlockSwapError(f"{key!r} is a {shape[2]}x{shape[3]} conv; expected {kernel}x{kernel}")
         if c_out is not None and shape[0] != c_out:
             raise BlockSwapError(f"{key!r} has {shape[0]} output channels; expected {c_out}")
         if key.removesuffix("weight") + "bias" in self.state:
@@ -204,9 +234,6 @@ class _Reader:
 def _refuse_variants(state: Mapping[str, Tensor]) -> None:
     """Name the known ResNet variants blockswap cannot represent, before any generic check."""
     keys = sorted(state)
-    for layer in ("conv3.", "bn3."):
-        if key := next((k for k in keys if (m := _BLOCK_KEY.fullmatch(k)) and m[3].startswith(layer)), None):
-            raise BlockSwapError(f"this is a Bottleneck ResNet (key {key!r}): {_BASICBLOCK_ONLY}")
     if "conv1.weight" not in state and any(k.startswith("conv1.") for k in keys):
         first = next(k for k in keys if k.startswith("conv1."))
         raise BlockSwapError(f"this ResNet has timm's deep stem (key {first!r}, the c/d/s/t variants such as "
@@ -231,8 +258,70 @@ def _indices(keys: list[str], pattern: str, start: int, label: str) -> list[int]
     return found
 
 
+def _is_bottleneck(state: Mapping[str, Tensor], blocks: list[str]) -> bool:
+    """Whether the blocks (prefixes `layerS.J.`) are Bottlenecks (conv3) rather than BasicBlocks; never a mix."""
+    with_conv3 = [p for p in blocks if p + "conv3.weight" in state]
+    if with_conv3 and len(with_conv3) < len(blocks):
+        without = next(p for p in blocks if p not in with_conv3)
+        raise BlockSwapError(f"the weights mix BasicBlocks and Bottlenecks ({with_conv3[0] + 'conv3.weight'!r} but no "
+                             f"{without + 'conv3.weight'!r}): every block must be of one kind")
+    return bool(with_conv3)
+
+
+def _same(values: list[int], what: str, key: str, first: str) -> int:
+    if values[-1] != values[0]:
+        raise BlockSwapError(f"{key!r} has {values[-1]} {what} but {first!r} has {values[0]}: every block of a stage "
+                             "must have the same width")
+    return values[0]
+
+
+def _basic_block(read: _Reader, p: str, c_in: int, first: str, widths: list[int]) -> int:
+    """Read BasicBlock `p` (conv1 3x3 -> conv2 3x3); return its output channels."""
+    widths.append(read.conv(p + "conv1.weight", None, c_in, 3))
+    width = _same(widths, "output channels", p + "conv1.weight", first + "conv1.weight")
+    read.batch_norm(p + "bn1.", width)
+    read.conv(p + "conv2.weight", width, width, 3)
+    read.batch_norm(p + "bn2.", width)
+    return width
+
+
+def _bottleneck(read: _Reader, p: str, c_in: int, first: str, inner: list[int], groups: list[int],
+                outs: list[int]) -> int:
+    """Read Bottleneck `p` (conv1 1x1 -> conv2 3x3, grouped -> conv3 1x1); return its output channels."""
+    inner.append(read.conv(p + "conv1.weight", None, c_in, 1))
+    width = _same(inner, "output channels", p + "conv1.weight", first + "conv1.weight")
+    read.batch_norm(p + "bn1.", width)
+    groups.append(read.grouped_conv(p + "conv2.weight", width, 3))
+    _same(groups, "groups", p + "conv2.weight", first + "conv2.weight")
+    read.batch_norm(p + "bn2.", width)
+    outs.append(read.conv(p + "conv3.weight", None, width, 1))
+    out = _same(outs, "output channels", p + "conv3.weight", first + "conv3.weight")
+    read.batch_norm(p + "bn3.", out)
+    return out
+
+
+def _bottleneck_type(inner: list[int], groups: list[int], widths: list[int]) -> str:
+    """The one block type of every stage's Bottleneck (ratio C_out / m, groups fixed or of fixed channels)."""
+    ratios = {w / m for w, m in zip(widths, inner)}
+    ratio = ratios.pop()
+    if ratios or ratio != int(ratio):
+        shown = ", ".join(f"{m}->{w}" for m, w in zip(inner, widths))
+        raise BlockSwapError(f"the Bottlenecks' conv3 widen their inner channels by other than one whole ratio "
+                             f"({shown}): one block type must fit every stage")
+    if len(set(groups)) == 1:
+        name = bottleneck_name(int(ratio), groups[0])
+    elif len({m // g for m, g in zip(inner, groups)}) == 1:
+        name = bottleneck_name(int(ratio), group_channels=inner[0] // groups[0])
+    else:
+        raise BlockSwapError(f"the Bottlenecks' conv2 have {', '.join(map(str, groups))} groups in their stages, "
+                             "neither one count nor groups of one size: one block type must fit every stage")
+    block_type(name)  # registered here, so the genotype resolves it
+    return name
+
+
 def _read_layout(state: Mapping[str, Tensor]) -> _Layout:
-    """The layout of a BasicBlock ResNet state dict with torchvision's names; every key must be accounted for."""
+    """The layout of a BasicBlock or Bottleneck ResNet state dict with torchvision's names; every key must be
+    accounted for."""
     _refuse_variants(state)
     read = _Reader(state)
     stem_weight = read.tensor("conv1.weight", 4, ": expected a torchvision-style ResNet (conv1, bn1, layer1.., fc)")
@@ -247,24 +336,26 @@ def _read_layout(state: Mapping[str, Tensor]) -> _Layout:
     if not stages:
         raise BlockSwapError("the weights have no 'layer1.0.conv1.weight': expected a torchvision-style ResNet "
                              "whose blocks are named layer1.0, layer1.1, ...")
-    lengths, widths, projects = [], [], []
-    c_in = stem_channels
+    block_lists = []
     for s in stages:
         blocks = _indices(keys, rf"layer{s}\.(\d+)\.", 0, f"layer{s}.")
         if not blocks:
             raise BlockSwapError(f"the weights have no 'layer{s}.0.conv1.weight': layer{s} holds no blocks")
-        width = 0
+        block_lists.append(blocks)
+    bottleneck = _is_bottleneck(state, [f"layer{s}.{j}." for s, b in zip(stages, block_lists) for j in b])
+    lengths, widths, projects, stage_inner, stage_groups = [], [], [], [], []
+    c_in = stem_channels
+    for s, blocks in zip(stages, block_lists):
+        first = f"layer{s}.0."
+        inner: list[int] = []
+        groups: list[int] = []
+        outs: list[int] = []
         for j in blocks:
             p = f"layer{s}.{j}."
-            out = read.conv(p + "conv1.weight", None, c_in, 3)
-            if j == 0:
-                width = out
-            elif out != width:
-                raise BlockSwapError(f"{p + 'conv1.weight'!r} has {out} output channels but 'layer{s}.0.conv1.weight' "
-                                     f"has {width}: every block of a stage must have the same width")
-            read.batch_norm(p + "bn1.", width)
-            read.conv(p + "conv2.weight", width, width, 3)
-            read.batch_norm(p + "bn2.", width)
+            if bottleneck:
+                width = _bottleneck(read, p, c_in, first, inner, groups, outs)
+            else:
+                width = _basic_block(read, p, c_in, first, outs)
             has_downsample = p + "downsample.0.weight" in state
             if has_downsample:
                 if j > 0:
@@ -279,7 +370,10 @@ def _read_layout(state: Mapping[str, Tensor]) -> _Layout:
                 projects.append(has_downsample)
             c_in = width
         lengths.append(len(blocks))
-        widths.append(width)
+        widths.append(c_in)
+        if bottleneck:
+            stage_inner.append(inner[0])
+            stage_groups.append(groups[0])
 
     fc_hint = ": a teacher needs its classifier, a single nn.Linear named fc"
     if "fc.weight" not in state and (other := [k for k in keys if k.startswith("fc.")]):
@@ -292,8 +386,10 @@ def _read_layout(state: Mapping[str, Tensor]) -> _Layout:
         raise BlockSwapError(f"'fc.bias' has shape {list(state['fc.bias'].shape)}; expected [{num_classes}]")
     if extra := read.leftover():
         raise BlockSwapError(f"unexpected key {extra[0]!r} ({len(extra)} in all): not part of a torchvision-style "
-                             f"BasicBlock ResNet; {_BASICBLOCK_ONLY}, without extra layers such as squeeze-excitation")
-    return _Layout(in_channels, stem_channels, kh, tuple(lengths), tuple(widths), tuple(projects), num_classes)
+                             f"ResNet; {_SUPPORTED}, without extra layers such as squeeze-excitation")
+    teacher = _bottleneck_type(stage_inner, stage_groups, widths) if bottleneck else "Conv"
+    return _Layout(in_channels, stem_channels, kh, tuple(lengths), tuple(widths), tuple(projects), num_classes,
+                   teacher, tuple(stage_groups))
 
 
 def _backbone(layout: _Layout, strides: list[int], stem: tuple[int, bool, int], name: str,
@@ -302,12 +398,13 @@ def _backbone(layout: _Layout, strides: list[int], stem: tuple[int, bool, int], 
     return Backbone(name, layout.stage_lengths, layout.stage_widths, tuple(strides), post_activation=True,
                     stem_channels=layout.stem_channels, stem_kernel=layout.stem_kernel, stem_stride=stem_stride,
                     stem_pool=stem_pool, input_size=default_size if input_size is None else input_size,
-                    num_classes=layout.num_classes, in_channels=layout.in_channels)
+                    num_classes=layout.num_classes, in_channels=layout.in_channels,
+                    teacher_block=layout.teacher_block)
 
 
 def backbone_from_state_dict(state_dict: Mapping[str, Any], *, name: str = DEFAULT_NAME,
                              input_size: int | None = None) -> Backbone:
-    """The `Backbone` of a BasicBlock ResNet's state dict, read from its tensors' shapes.
+    """The `Backbone` of a BasicBlock or Bottleneck ResNet's state dict, read from its tensors' shapes.
 
     Strides and the stem's stride and max-pool are not in the weights: see the
     module docstring for what is decided from the shapes and what follows
@@ -359,13 +456,15 @@ def _square(value: Any) -> int:
     return int(value[0]) if len(set(value)) == 1 else -1
 
 
-def _conv_stride(module: nn.Module, path: str) -> int:
-    """A conv's stride, after checking the rest of its geometry is what the rebuilt network uses."""
+def _conv_stride(module: nn.Module, path: str, groups: int = 1) -> int:
+    """A conv's stride, after checking the rest of its geometry (and its `groups`) is what the rebuilt network
+    uses."""
     conv = _child(module, path, nn.Conv2d)
     kernel = _square(conv.kernel_size)
-    if _square(conv.padding) != kernel // 2 or _square(conv.dilation) != 1 or conv.groups != 1:
+    if _square(conv.padding) != kernel // 2 or _square(conv.dilation) != 1 or conv.groups != groups:
+        expected = "no groups" if groups == 1 else f"{groups} groups"
         raise BlockSwapError(f"the model's {path!r} has padding {conv.padding}, dilation {conv.dilation} and "
-                             f"{conv.groups} groups; expected padding {kernel // 2}, no dilation and no groups")
+                             f"{conv.groups} groups; expected padding {kernel // 2}, no dilation and {expected}")
     stride = _square(conv.stride)
     if stride < 1:
         raise BlockSwapError(f"the model's {path!r} has stride {conv.stride}; expected a square stride")
@@ -383,7 +482,8 @@ def _stem_pool(module: nn.Module) -> bool:
 
 
 def backbone_from_module(module: nn.Module, *, name: str = DEFAULT_NAME, input_size: int | None = None) -> Backbone:
-    """The `Backbone` of a torchvision-style BasicBlock ResNet module: shapes from its weights, strides from its convs.
+    """The `Backbone` of a torchvision-style ResNet module (BasicBlock or Bottleneck): shapes from its weights,
+    strides from its convs.
 
     The stem's stride and max-pool and each stage's stride are read from the
     modules, so layouts the weights alone leave open are exact. `input_size`
@@ -395,22 +495,28 @@ def backbone_from_module(module: nn.Module, *, name: str = DEFAULT_NAME, input_s
     layout = _read_layout(normalize_state_dict(module.state_dict()))
     stem_stride = _conv_stride(module, "conv1")
     stem_pool = _stem_pool(module)
+    # The conv that downsamples: a BasicBlock's conv1, a Bottleneck's 3x3 conv2 (torchvision's v1.5).
+    strided, others = ("conv2", ("conv1", "conv3")) if layout.bottleneck else ("conv1", ("conv2",))
+    where = f"{strided} (v1.5, as torchvision and timm have it)" if layout.bottleneck else strided
     strides = []
     for s, (c_in, width, projects) in enumerate(zip(layout.stage_inputs(), layout.stage_widths, layout.projects),
                                                 start=1):
         stride = 1
+        groups = layout.stage_groups[s - 1] if layout.bottleneck else 1
         for j in range(layout.stage_lengths[s - 1]):
             p = f"layer{s}.{j}."
-            first = _conv_stride(module, p + "conv1")
+            first = _conv_stride(module, p + strided, groups)
             if j == 0:
                 stride = first
             elif first != 1:
-                raise BlockSwapError(f"the model's {p}conv1 has stride {first}: only a stage's first block may "
+                raise BlockSwapError(f"the model's {p}{strided} has stride {first}: only a stage's first block may "
                                      "downsample")
-            if (second := _conv_stride(module, p + "conv2")) != 1:
-                raise BlockSwapError(f"the model's {p}conv2 has stride {second}: a block downsamples in its conv1")
+            for other in others:
+                if (value := _conv_stride(module, p + other)) != 1:
+                    raise BlockSwapError(f"the model's {p}{other} has stride {value}: a block downsamples in its "
+                                         f"{where}")
         if projects and _conv_stride(module, f"layer{s}.0.downsample.0") != stride:
-            raise BlockSwapError(f"the model's layer{s}.0.downsample.0 has another stride than layer{s}.0.conv1")
+            raise BlockSwapError(f"the model's layer{s}.0.downsample.0 has another stride than layer{s}.0.{strided}")
         if projects != (c_in != width or stride != 1):
             raise BlockSwapError(f"the model's layer{s}.0 ({c_in}->{width} channels, stride {stride}) "
                                  f"{'has' if projects else 'lacks'} a downsample; blockswap's blocks project "
@@ -440,4 +546,4 @@ def check_outputs(module: nn.Module, net: BlockNetwork) -> None:
     gap = (theirs - ours).abs().max().item()
     if not gap <= 1e-4 * max(1.0, theirs.abs().max().item()):
         raise BlockSwapError(f"the model's outputs differ from the rebuilt ResNet's by up to {gap:.3g}: its forward "
-                             "is not a torchvision-style BasicBlock ResNet (other pooling, activation or extra layers)")
+                             "is not a torchvision-style ResNet (other pooling, activation or extra layers)")

@@ -46,7 +46,7 @@ def load_network(
 
     When the file records its genotype and `expected` is given, they must be
     equal. A bare state dict (or a common wrapper of one) is built as
-    `expected`, else as the BasicBlock ResNet its shapes show
+    `expected`, else as the BasicBlock or Bottleneck ResNet its shapes show
     (`blockswap.weights.resnet_import`), named after the file.
     """
     payload = read_checkpoint(path, map_location)
@@ -63,7 +63,7 @@ def load_network(
             state = normalize_state_dict(payload)
             genotype = expected or genotype_of_weights(state, name=Path(path).stem)
         except BlockSwapError as e:
-            raise CheckpointError(f"{path} does not record its architecture and is not a BasicBlock ResNet whose "
+            raise CheckpointError(f"{path} does not record its architecture and is not a ResNet whose "
                                   f"layout its weights show ({e}); name it (e.g. --teacher-model wrn-40-2)") from None
     model = genotype.build()
     try:
@@ -87,17 +87,18 @@ def _check_values(path: str | Path, model: torch.nn.Module) -> None:
 
 
 def _recorded_teacher(payload: dict[str, Any], name: str | None, input_size: int | None) -> tuple[Genotype, Any]:
-    """The all-`Conv` genotype and weights of a blockswap checkpoint (which records its genotype)."""
+    """The teacher genotype (every block the backbone's teacher block) and weights of a blockswap checkpoint."""
     genotype = Genotype.from_dict(payload["genotype"])
-    if set(genotype.blocks) != {"Conv"}:
-        raise BlockSwapError(f"the file holds a blockswap student ({genotype}); a teacher has every block Conv")
+    teacher = genotype.backbone.teacher_block
+    if set(genotype.blocks) != {teacher}:
+        raise BlockSwapError(f"the file holds a blockswap student ({genotype}); a teacher has every block {teacher}")
     changes = {k: v for k, v in (("name", name), ("input_size", input_size)) if v is not None}
-    return Genotype.uniform(replace(genotype.backbone, **changes), "Conv"), payload["state_dict"]
+    return Genotype.uniform(replace(genotype.backbone, **changes)), payload["state_dict"]
 
 
 def load_resnet(source: str | Path | nn.Module | Mapping[str, Any], *, name: str | None = None,
                 input_size: int | None = None, num_classes: int | None = None) -> tuple[BlockNetwork, Genotype]:
-    """The user's trained BasicBlock ResNet as blockswap's all-`Conv` teacher network, with its genotype.
+    """The user's trained ResNet as blockswap's teacher network (every block its teacher type), with its genotype.
 
     `source` is a weight file (read with weights_only loading), a state dict or
     wrapper (see `normalize_state_dict`), or a module (its strides are read from
@@ -141,7 +142,7 @@ def load_resnet(source: str | Path | nn.Module | Mapping[str, Any], *, name: str
 
 
 def genotype_of_weights(payload: Mapping[str, Any], name: str = DEFAULT_NAME) -> Genotype:
-    """The all-`Conv` genotype of a weight file's contents: as recorded by blockswap, else read from the shapes."""
+    """The teacher genotype of a weight file's contents: as recorded by blockswap, else read from the shapes."""
     if "genotype" in payload and "state_dict" in payload:
         return Genotype.from_dict(payload["genotype"])
     return Genotype.uniform(backbone_from_state_dict(payload, name=name))
