@@ -294,7 +294,11 @@ def test_each_command_advises_a_fix_that_exists_there(image_folder: Path, cifar_
                  "2", "--epochs", "1", "--data-dir", data, "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err
     assert "the studies train wrn-10-1 with its 10 classes" in err and "--num-classes" not in err
-    assert not (tmp_path / "s2").exists() and not (tmp_path / "m").exists()
+    assert main(["study", "rank", "--model", "wrn-10-1", "--budget", "40k", "--candidates", "3", "--proxies",
+                 "params", "--epochs", "1", "--batch-size", "16", "--data-dir", data, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "the studies train wrn-10-1 with its 10 classes" in err and "--num-classes" not in err
+    assert not (tmp_path / "s2").exists() and not (tmp_path / "m").exists() and not (tmp_path / "r").exists()
 
 
 def test_a_run_does_not_resume_on_changed_images(image_folder: Path, tmp_path: Path) -> None:

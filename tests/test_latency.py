@@ -143,6 +143,18 @@ def test_a_cache_file_from_another_cpu_or_torch_is_measured_again(fake_clock: li
         assert LatencyTable.load(path).key() == first.key()  # and replaced
 
 
+def test_a_table_with_a_negative_timing_is_refused(fake_clock: list[int], tmp_path: Path) -> None:
+    import json
+
+    table = measure_latency_table(TINY, TYPES, CPU, progress=False)
+    table.save(tmp_path / "t.json")
+    data = json.loads((tmp_path / "t.json").read_text())
+    data["ms"]["Conv"][0] = -1.0
+    (tmp_path / "t.json").write_text(json.dumps(data))
+    with pytest.raises(BlockSwapError, match=r"t.json: a timing is negative, zero or not finite \(Conv\)"):
+        LatencyTable.load(tmp_path / "t.json")
+
+
 def test_real_timings_are_positive_and_the_check_compares_whole_networks() -> None:
     table = measure_latency_table(TINY, ["Conv", "G4B2"], CPU, min_time=0.002, progress=False)
     assert table.fixed_ms > 0 and all(v > 0 for v in table.ms["Conv"])

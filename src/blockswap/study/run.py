@@ -41,6 +41,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..data import probe_images
+from ..data.imagefolder import check_classes
 from ..scoring.scorer import Score, average_scores, make_scorer, scorer_factory, scorer_info
 from ..scoring.trained import RecipeSteps
 from ..search.pool import build_candidate, require_registered, user_modules
@@ -192,7 +193,9 @@ def run_study(config: StudyConfig, out_dir: str | Path, workers: int = 1, device
     # no config.json behind to refuse the corrected command.
     genotypes = config.genotypes()
     size = genotypes[0].backbone.input_size
-    batch = rank0_first(group, lambda: probe_images(config.data_dir, size)).probe_batch(config.batch_size, config.seed)
+    images = rank0_first(group, lambda: probe_images(config.data_dir, size))
+    check_classes(genotypes[0].backbone, images, config.data_dir)
+    batch = images.probe_batch(config.batch_size, config.seed)
     on_rank0(group, lambda: _prepare_out_dir(out, config))
     if config.contrast is not None and not groups_path(out).exists():
         _choose_groups(config, out, workers, device, progress, group)
