@@ -64,7 +64,7 @@ from .cohort import (
 )
 from .config import CohortConfig, require_extra
 from .figures import save_png
-from .report import json_safe
+from .report import fmt, json_safe, made_by, plural
 
 __all__ = ["CompareConfig", "run_compare", "write_compare_report", "compare_students", "default_scaled",
            "budget_text"]
@@ -441,23 +441,15 @@ def write_compare_report(out_dir: str | Path) -> dict[str, Any]:
     write_json_atomic(out / "compare.json", json_safe(report))
     write_text_atomic(out / "report.md", _markdown(config, report))
     _plot(out / "compare.png", config, rows)
-    summary = [f"teacher {config.model}: {_fmt(rows[0]['test_error_pct'])}% error; {len(students)} students x "
+    summary = [f"teacher {config.model}: {fmt(rows[0]['test_error_pct'])}% error; {len(students)} students x "
                f"{len(config.train_seeds)} seed(s)"]
     for b in per_budget:
-        versus = [f"random {_fmt(b['random_mean_error_pct'])}% ({_signed(b['versus_random_pct'])})"]
-        versus += [f"{m} {_fmt(p['error_pct'])}% ({_signed(p['versus_pct'])})" for m, p in b["prune"].items()]
-        summary.append(f"{budget_text(b['budget'])}: BlockSwap {_fmt(b['blockswap_error_pct'])}% against "
+        versus = [f"random {fmt(b['random_mean_error_pct'])}% ({_signed(b['versus_random_pct'])})"]
+        versus += [f"{m} {fmt(p['error_pct'])}% ({_signed(p['versus_pct'])})" for m, p in b["prune"].items()]
+        summary.append(f"{budget_text(b['budget'])}: BlockSwap {fmt(b['blockswap_error_pct'])}% against "
                        + ", ".join(versus))
     summary.append(f"wrote {out / 'results.csv'}, compare.json, report.md and compare.png")
     return {**json_safe(report), "summary": summary}
-
-
-def _fmt(x: float | None, digits: int = 2) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
-
-
-def _epochs(n: int) -> str:
-    return f"{n} epoch" if n == 1 else f"{n} epochs"
 
 
 def _signed(x: float | None) -> str:
@@ -503,10 +495,11 @@ def _markdown(config: CompareConfig, report: dict[str, Any]) -> str:
                if config.teacher is None else f"given (`{config.teacher}`, tested here on the same test images)")
     lines = [
         f"# Comparison: {config.model} teacher, budgets {', '.join(budget_text(b) for b in config.budgets)}",
-        "", "Made by:", "", "```bash", report["command"], "```", "",
+        "", *made_by(report["command"]),
         f"Every student learns from one teacher by attention transfer; the teacher was {teacher}, so its row has no "
         "SD. Each student "
-        f"trained {_epochs(config.epochs)} ({config.schedule}, lr {config.lr}, batch {config.batch_size}, train subset "
+        f"trained {plural(config.epochs, 'epoch')} ({config.schedule}, lr {config.lr}, batch {config.batch_size}, "
+        "train subset "
         f"{config.train_subset or 'all'}, test subset {config.test_subset or 'all'}) once per training seed "
         f"({', '.join(map(str, config.train_seeds))}). Error: final test error, mean ± SD over the seeds. "
         f"BlockSwap's pick is the best of a search of {config.samples} candidates at each budget (`search/`).", "",
@@ -527,17 +520,17 @@ def _markdown(config: CompareConfig, report: dict[str, Any]) -> str:
                            f"{_method(config, {'group': m, 'name': m})}" for m in methods) + " |",
               "|---|---|---|---|" + "---|---|" * len(methods)]
     for b in report["budgets"]:
-        cells = [budget_text(b["budget"]), _fmt(b["blockswap_error_pct"]), _fmt(b["random_mean_error_pct"]),
+        cells = [budget_text(b["budget"]), fmt(b["blockswap_error_pct"]), fmt(b["random_mean_error_pct"]),
                  _signed(b["versus_random_pct"])]
         for m in methods:
-            cells += [_fmt(b["prune"][m]["error_pct"]), _signed(b["prune"][m]["versus_pct"])]
+            cells += [fmt(b["prune"][m]["error_pct"]), _signed(b["prune"][m]["versus_pct"])]
         lines.append("| " + " | ".join(cells) + " |")
     ceiling = report["noise_ceiling"]
     if ceiling and _finite(ceiling.get("seed_sd_pct")):
-        lines += ["", f"Seed noise: one run's error lies {_fmt(ceiling['seed_sd_pct'])} points (SD) from its "
+        lines += ["", f"Seed noise: one run's error lies {fmt(ceiling['seed_sd_pct'])} points (SD) from its "
                   f"student's mean; seeds {ceiling['seeds'][0]} and {ceiling['seeds'][1]} rank the students with "
-                  f"Spearman {_fmt(ceiling['spearman'])} [{_fmt(ceiling['spearman_low'])}, "
-                  f"{_fmt(ceiling['spearman_high'])}]. A difference well inside the seed SD is not a result."]
+                  f"Spearman {fmt(ceiling['spearman'])} [{fmt(ceiling['spearman_low'])}, "
+                  f"{fmt(ceiling['spearman_high'])}]. A difference well inside the seed SD is not a result."]
     elif len(config.train_seeds) < 2:
         lines += ["", "One training seed: no SD and no seed noise to judge the differences by; give --train-seeds "
                   "0,1,2 as the paper does."]
@@ -616,6 +609,6 @@ def _plot(path: Path, config: CompareConfig, rows: list[dict[str, Any]]) -> None
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     seeds = f"mean ± SD of {len(config.train_seeds)} seeds" if bars else "one seed"
-    ax.set_title(f"{config.model} students: error against parameters ({seeds}, {_epochs(config.epochs)})",
+    ax.set_title(f"{config.model} students: error against parameters ({seeds}, {plural(config.epochs, 'epoch')})",
                  fontsize=10)
     save_png(fig, path)

@@ -39,7 +39,7 @@ from ..util.rundir import read_json, write_json_atomic, write_text_atomic
 from .cohort import Student, claim_out_dir, cohort_ceiling, cohort_rows, study_command, train_cohort, write_cohort_csv
 from .config import CohortConfig, require_extra
 from .figures import save_png
-from .report import json_safe
+from .report import fmt, json_safe, made_by, plural
 
 __all__ = ["MixingConfig", "mixing_students", "single_type_params", "run_mixing", "write_mixing_report"]
 
@@ -178,14 +178,6 @@ def write_mixing_report(out_dir: str | Path) -> dict[str, Any]:
     return report | {"summary": _summary(report, out)}
 
 
-def _fmt(x: float | None, digits: int = 2) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
-
-
-def _epochs(n: int) -> str:
-    return f"{n} epoch{'s' if n != 1 else ''}"
-
-
 def _share(s: dict[str, Any]) -> str:
     if s["share_mixed_better"] is None:
         return "n/a"
@@ -196,9 +188,9 @@ def _share(s: dict[str, Any]) -> str:
 def _mixed_line(m: dict[str, Any]) -> str:
     if not m["n"]:
         return f"Mixed: none of the {m['drawn']} students trained without diverging."
-    line = (f"Mixed: {m['n']} students, error mean {_fmt(m['mean_error_pct'])}%, median "
-            f"{_fmt(m['median_error_pct'])}%, SD {_fmt(m['sd_error_pct'])} points, best {_fmt(m['best_error_pct'])}% "
-            f"({m['best']}), worst {_fmt(m['worst_error_pct'])}%.")
+    line = (f"Mixed: {m['n']} students, error mean {fmt(m['mean_error_pct'])}%, median "
+            f"{fmt(m['median_error_pct'])}%, SD {fmt(m['sd_error_pct'])} points, best {fmt(m['best_error_pct'])}% "
+            f"({m['best']}), worst {fmt(m['worst_error_pct'])}%.")
     if m["diverged"]:
         line += f" {m['diverged']} diverged in training (failed.json in their folder) and are left out."
     if m["single_type_draws"]:
@@ -213,15 +205,11 @@ def _markdown(report: dict[str, Any]) -> str:
         f"# Mixing study: {c['model']} at {format_count(c['budget'])} parameters, {len(report['single'])} single "
         f"block types against {m['drawn']} random mixed students",
         "",
-        "Made by:",
-        "",
-        "```bash",
-        report["command"],
-        "```",
-        "",
+        *made_by(report["command"]),
         f"Every student has {c['model']}'s backbone within {c['tolerance']:.1%} of {format_count(c['budget'])} "
         f"parameters. Single: every block of one type; mixed: genotypes drawn uniformly from the budget window "
-        f"(seed {c['seed']}), as a search samples them. Each trained {_epochs(c['epochs'])} ({c['schedule']}, lr "
+        f"(seed {c['seed']}), as a search samples them. Each trained {plural(c['epochs'], 'epoch')} "
+        f"({c['schedule']}, lr "
         f"{c['lr']}, batch {c['batch_size']}, train subset {c['train_subset'] or 'all'}, test subset "
         f"{c['test_subset'] or 'all'}, "
         f"{'attention transfer from ' + c['teacher'] if c['teacher'] else 'cross-entropy only'}), training seeds "
@@ -232,15 +220,15 @@ def _markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     for s in sorted(report["single"], key=lambda s: s["params"]):
-        lines.append(f"| {s['block']} | {format_count(s['params'])} | {_fmt(s['test_error_pct'])} | {_share(s)} |")
+        lines.append(f"| {s['block']} | {format_count(s['params'])} | {fmt(s['test_error_pct'])} | {_share(s)} |")
     lines += ["", _mixed_line(m)]
     ceiling = report["noise_ceiling"]
     if ceiling and ceiling["spearman"] is not None:
         lines += ["", f"Noise ceiling: the errors of training seeds {ceiling['seeds'][0]} and {ceiling['seeds'][1]} "
-                  f"rank all {ceiling['n']} students with Spearman {_fmt(ceiling['spearman'])} "
-                  f"[{_fmt(ceiling['spearman_low'])}, {_fmt(ceiling['spearman_high'])}]; the training seed moves "
-                  f"one run's error by SD {_fmt(ceiling['seed_sd_pct'])} points, and the student accounts for "
-                  f"{_fmt(100 * max(0.0, ceiling['candidate_share']), 0)}% of its variance (one-way ICC)."]
+                  f"rank all {ceiling['n']} students with Spearman {fmt(ceiling['spearman'])} "
+                  f"[{fmt(ceiling['spearman_low'])}, {fmt(ceiling['spearman_high'])}]; the training seed moves "
+                  f"one run's error by SD {fmt(ceiling['seed_sd_pct'])} points, and the student accounts for "
+                  f"{fmt(100 * max(0.0, ceiling['candidate_share']), 0)}% of its variance (one-way ICC)."]
     lines += ["", "![density of the mixed students' errors, each single type's error as a dotted line](mixing.png)",
               ""]
     return "\n".join(lines)
@@ -248,10 +236,10 @@ def _markdown(report: dict[str, Any]) -> str:
 
 def _summary(report: dict[str, Any], out: Path) -> list[str]:
     m = report["mixed"]
-    lines = [f"mixed: {m['n']} of {m['drawn']} students trained, error mean {_fmt(m['mean_error_pct'])}% "
-             f"(best {_fmt(m['best_error_pct'])}%, worst {_fmt(m['worst_error_pct'])}%)"]
+    lines = [f"mixed: {m['n']} of {m['drawn']} students trained, error mean {fmt(m['mean_error_pct'])}% "
+             f"(best {fmt(m['best_error_pct'])}%, worst {fmt(m['worst_error_pct'])}%)"]
     for s in report["single"]:
-        lines.append(f"{s['name']}: {format_count(s['params'])} params, error {_fmt(s['test_error_pct'])}%; mixed "
+        lines.append(f"{s['name']}: {format_count(s['params'])} params, error {fmt(s['test_error_pct'])}%; mixed "
                      f"better: {_share(s)}")
     lines.append(f"wrote {out / 'results.csv'}, mixing.json, report.md and mixing.png")
     return lines
@@ -292,7 +280,7 @@ def _plot(path: Path, report: dict[str, Any], mixed: np.ndarray) -> None:
         ax.vlines(mixed, 0, 0.05, transform=ax.get_xaxis_transform(), color=blue, lw=1,
                   label="each mixed student (rug)")
         ax.axvline(float(mixed.mean()), color=blue, ls="--", lw=1.5,
-                   label=f"mixed mean {_fmt(float(mixed.mean()))}%")
+                   label=f"mixed mean {fmt(float(mixed.mean()))}%")
     levels, (left, right) = 6, ax.get_xlim()
     for i, s in enumerate(singles):
         e = s["test_error_pct"]
@@ -303,7 +291,7 @@ def _plot(path: Path, report: dict[str, Any], mixed: np.ndarray) -> None:
                 va="top", bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
     ax.set_xlabel("test error %")
     ax.set_title(f"{c['model']} at {format_count(c['budget'])} parameters: random mixed students and single block "
-                 f"types ({_epochs(c['epochs'])})", fontsize=10)
+                 f"types ({plural(c['epochs'], 'epoch')})", fontsize=10)
     if not len(mixed):
         ax.text(0.5, 0.5, "no mixed student trained without diverging", transform=ax.transAxes, ha="center")
         ax.set_yticks([])

@@ -47,7 +47,7 @@ from ..util.rundir import read_json, write_json_atomic, write_text_atomic
 from .cohort import Student, claim_out_dir, cohort_ceiling, cohort_rows, study_command, train_cohort, write_cohort_csv
 from .config import CohortConfig, require_extra
 from .figures import save_png
-from .report import json_safe
+from .report import fmt, json_safe, made_by, plural
 
 __all__ = ["PlacementConfig", "PAPER_G", "placement_students", "run_placement", "write_placement_report",
            "study_goodbad"]
@@ -130,16 +130,6 @@ def _finite(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
 
 
-def _fmt(x: float | None, digits: int = 2, sign: bool = False) -> str:
-    if not _finite(x):
-        return "n/a"
-    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
 def _error_cell(row: dict[str, Any], seeds: int) -> str:
     """'5.21' for one seed, '5.21 ± 0.10' (SD over seeds) for several, 'diverged' when no run has an error."""
     if not _finite(row["test_error_pct"]):
@@ -190,12 +180,12 @@ def write_placement_report(out_dir: str | Path) -> dict[str, Any]:
     write_json_atomic(out / "placement.json", report)
     write_text_atomic(out / "report.md", _placement_markdown(report, rows, backbone))
     _plot_placement(out / "placement.png", rows, report, backbone)
-    summary = [f"teacher {config.model}: {_fmt(teacher['test_error_pct'])}% error, "
+    summary = [f"teacher {config.model}: {fmt(teacher['test_error_pct'])}% error, "
                f"{format_count(teacher['params'])} params; {len(swapped)} positions swapped for {config.type}"]
     if most is not None and least is not None:
-        summary.append(f"most sensitive: block {most['position']} ({_fmt(most['test_error_pct'])}%, "
-                       f"{_fmt(most['error_change_pct'], sign=True)} points); least: block {least['position']} "
-                       f"({_fmt(least['test_error_pct'])}%, {_fmt(least['error_change_pct'], sign=True)} points)")
+        summary.append(f"most sensitive: block {most['position']} ({fmt(most['test_error_pct'])}%, "
+                       f"{fmt(most['error_change_pct'], sign=True)} points); least: block {least['position']} "
+                       f"({fmt(least['test_error_pct'])}%, {fmt(least['error_change_pct'], sign=True)} points)")
     summary.append(f"wrote {out / 'results.csv'}, placement.json, report.md and placement.png")
     return {**report, "summary": summary}
 
@@ -206,10 +196,10 @@ def _placement_markdown(report: dict[str, Any], rows: list[dict[str, Any]], back
     teacher = rows[0]
     lines = [
         f"# Placement study: {c['model']} with one block at a time swapped for {c['type']}", "",
-        "Made by:", "", "```bash", report["command"], "```", "",
+        *made_by(report["command"]),
         f"The all-Conv {c['model']} ({backbone.num_blocks} blocks in {len(backbone.stage_lengths)} stages) and, for "
         f"each block position, the same network with that block alone replaced by {c['type']}. Each trained "
-        f"{_plural(c['epochs'], 'epoch')} ({c['schedule']}, lr {c['lr']}, batch {c['batch_size']}, train subset "
+        f"{plural(c['epochs'], 'epoch')} ({c['schedule']}, lr {c['lr']}, batch {c['batch_size']}, train subset "
         f"{c['train_subset'] or 'all'}, test subset {c['test_subset'] or 'all'}, "
         f"{'attention transfer from ' + c['teacher'] if c['teacher'] else 'cross-entropy only'}), training seeds "
         f"{', '.join(map(str, c['train_seeds']))}. Error: the final test error"
@@ -222,14 +212,14 @@ def _placement_markdown(report: dict[str, Any], rows: list[dict[str, Any]], back
     for r in rows[1:]:
         lines.append(f"| {r['position']} | {r['stage']} | {format_count(r['params'])} | "
                      f"{format_count(r['params_saved'])} | {_error_cell(r, seeds)} | "
-                     f"{_fmt(r['error_change_pct'], sign=True)} |")
+                     f"{fmt(r['error_change_pct'], sign=True)} |")
     most, least = report["most_sensitive"], report["least_sensitive"]
     lines.append("")
     if most is not None and least is not None:
         lines.append(f"Swapping block {most['position']} (stage {most['stage']}) hurts most: "
-                     f"{_fmt(most['test_error_pct'])}% error, {_fmt(most['error_change_pct'], sign=True)} points "
+                     f"{fmt(most['test_error_pct'])}% error, {fmt(most['error_change_pct'], sign=True)} points "
                      f"against the teacher; swapping block {least['position']} (stage {least['stage']}) hurts "
-                     f"least: {_fmt(least['test_error_pct'])}%, {_fmt(least['error_change_pct'], sign=True)} points. "
+                     f"least: {fmt(least['test_error_pct'])}%, {fmt(least['error_change_pct'], sign=True)} points. "
                      "The paper (Appendix B) finds the blocks at the start and end of a stage the most sensitive.")
     else:
         lines.append("Every swapped student diverged: no position can be ranked.")
@@ -242,8 +232,8 @@ def _placement_markdown(report: dict[str, Any], rows: list[dict[str, Any]], back
     ceiling = report["noise_ceiling"]
     if ceiling:
         lines += ["", f"Noise ceiling: the errors of seeds {ceiling['seeds'][0]} and {ceiling['seeds'][1]} rank "
-                  f"these {len(rows)} networks with Spearman {_fmt(ceiling['spearman'])}; one run's error varies "
-                  f"with the seed by SD {_fmt(ceiling['seed_sd_pct'])} points, so smaller differences between "
+                  f"these {len(rows)} networks with Spearman {fmt(ceiling['spearman'])}; one run's error varies "
+                  f"with the seed by SD {fmt(ceiling['seed_sd_pct'])} points, so smaller differences between "
                   "positions are noise."]
     lines += ["", "![(a) error and (b) parameters per swapped position](placement.png)", ""]
     return "\n".join(lines)
@@ -305,8 +295,8 @@ def _plot_placement(path: Path, rows: list[dict[str, Any]], report: dict[str, An
                for s in range(len(backbone.stage_lengths))]
     handles.append(plt.Line2D([], [], color="black", linestyle="--", label="teacher (all Conv)"))
     ax_err.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.suptitle(f"{c['model']}: one block at a time swapped for {c['type']} ({_plural(c['epochs'], 'epoch')}, "
-                 f"{_plural(len(c['train_seeds']), 'seed')})", fontsize=11)
+    fig.suptitle(f"{c['model']}: one block at a time swapped for {c['type']} ({plural(c['epochs'], 'epoch')}, "
+                 f"{plural(len(c['train_seeds']), 'seed')})", fontsize=11)
     save_png(fig, path, top=1 - 0.1 / fig.get_figheight())
 
 
@@ -433,12 +423,11 @@ def _goodbad_markdown(command: str, model: str, backbone: Backbone, source: str,
                       sets: dict[str, list[_Student]], counts: dict[str, list[Counter[str]]], drawn: dict[str, str],
                       other_model: int, diverged: int) -> str:
     n_all = len(sets["all"])
-    lines = [f"# Good and bad students: {model}, {sd:g} SD from the mean", "", "Made by:", "", "```bash", command,
-             "```", "",
+    lines = [f"# Good and bad students: {model}, {sd:g} SD from the mean", "", *made_by(command),
              f"Of {source}, {n_all} have a test error (mean {stats['mean_error_pct']:.2f}%, SD "
              f"{stats['sd_error_pct']:.2f} points). Good: error below {stats['good_below_pct']:.2f}% "
-             f"({_plural(len(sets['good']), 'student')}); bad: error above {stats['bad_above_pct']:.2f}% "
-             f"({_plural(len(sets['bad']), 'student')})."]
+             f"({plural(len(sets['good']), 'student')}); bad: error above {stats['bad_above_pct']:.2f}% "
+             f"({plural(len(sets['bad']), 'student')})."]
     if diverged:
         lines[-1] += f" {diverged} diverged student(s) are left out."
     if other_model:

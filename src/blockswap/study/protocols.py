@@ -23,7 +23,7 @@ from ..util.errors import BlockSwapError
 from ..util.rundir import read_json, write_text_atomic
 from .config import StudyConfig, candidate_dir, final_error, run_finished, trained_indices
 from .figures import save_png
-from .report import read_results
+from .report import fmt, read_results
 
 __all__ = ["protocol_row", "compare_protocols", "TARGET_SPEARMAN", "TARGET_ICC"]
 
@@ -83,10 +83,6 @@ def protocol_row(folder: str | Path, resamples: int = 2000) -> dict[str, Any]:
     }
 
 
-def _fmt(x: Any, digits: int = 2) -> str:
-    return "n/a" if not isinstance(x, (int, float)) or not math.isfinite(x) else f"{x:.{digits}f}"
-
-
 def _markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| protocol | model @ budget | epochs x train images | test images | finished | seed Spearman [95% CI] "
@@ -97,10 +93,10 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
         meets = r["seed_spearman"] >= TARGET_SPEARMAN and r["icc"] >= TARGET_ICC
         lines.append(
             f"| {r['protocol']} | {r['model']} @ {r['budget_params']:,} | {r['epochs']} x {r['train_images']:,} | "
-            f"{r['test_images']:,} | {r['candidates_finished']}/{r['candidates']} | {_fmt(r['seed_spearman'])} "
-            f"[{_fmt(r['seed_spearman_low'])}, {_fmt(r['seed_spearman_high'])}] | {_fmt(r['icc'])} "
-            f"[{_fmt(r['icc_low'])}, {_fmt(r['icc_high'])}] | {_fmt(r['seed_sd_pct'])} | {_fmt(r['mean_error_pct'])} "
-            f"| {_fmt(r['run_minutes'], 1)} | {'yes' if meets else 'no'} |")
+            f"{r['test_images']:,} | {r['candidates_finished']}/{r['candidates']} | {fmt(r['seed_spearman'])} "
+            f"[{fmt(r['seed_spearman_low'])}, {fmt(r['seed_spearman_high'])}] | {fmt(r['icc'])} "
+            f"[{fmt(r['icc_low'])}, {fmt(r['icc_high'])}] | {fmt(r['seed_sd_pct'])} | {fmt(r['mean_error_pct'])} "
+            f"| {fmt(r['run_minutes'], 1)} | {'yes' if meets else 'no'} |")
     lines += ["", f"Target: seed Spearman >= {TARGET_SPEARMAN} and ICC >= {TARGET_ICC}. Intervals: 95% bootstrap over "
               "candidates. min/run: wall minutes of one training run (mean)."]
     return "\n".join(lines) + "\n"
@@ -115,7 +111,7 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(14, 1.6 + 0.55 * len(rows)), sharey=True,
                              gridspec_kw={"width_ratios": [1, 1, 0.6]})
     panels = (("seed_spearman", "seed-to-seed Spearman", TARGET_SPEARMAN), ("icc", "one-way ICC", TARGET_ICC))
-    labels = [f"{r['protocol']}\n{r['candidates_finished']} cand., {_fmt(r['run_minutes'], 1)} min/run" for r in rows]
+    labels = [f"{r['protocol']}\n{r['candidates_finished']} cand., {fmt(r['run_minutes'], 1)} min/run" for r in rows]
     y = np.arange(len(rows))[::-1]  # the first protocol on top
     for ax, (key, label, target) in zip(axes[:2], panels):
         for i, r in enumerate(rows):

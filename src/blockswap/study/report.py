@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import math
+import numbers
 import shlex
 from dataclasses import asdict
 from pathlib import Path
@@ -28,7 +29,7 @@ from .config import (
 )
 from .figures import save_png
 
-__all__ = ["write_report", "read_results", "study_samples", "parse_sizes"]
+__all__ = ["write_report", "read_results", "study_samples", "parse_sizes", "json_safe", "fmt", "plural", "made_by"]
 
 
 def _results(out: Path, config: StudyConfig) -> list[dict[str, Any]]:
@@ -131,11 +132,11 @@ def _contrast_markdown(contrast: dict[str, Any], pool: int) -> list[str]:
              "groups is trained once). Error: the final test error, mean over the training seeds.", "",
              "| group | students | mean error % [95% CI] |", "|---|---|---|"]
     for name, g in contrast["groups"].items():
-        lines.append(f"| {name} | {g['n']} | {_fmt(g['mean_error_pct'])} [{_fmt(g['low'])}, {_fmt(g['high'])}] |")
+        lines.append(f"| {name} | {g['n']} | {fmt(g['mean_error_pct'])} [{fmt(g['low'])}, {fmt(g['high'])}] |")
     lines += ["", "| comparison | difference of mean error, points [95% CI] | permutation p |", "|---|---|---|"]
     for d in contrast["differences"]:
-        lines.append(f"| {d['group']} - {d['versus']} | {_fmt(d['difference_pct'])} [{_fmt(d['low'])}, "
-                     f"{_fmt(d['high'])}] | {_fmt(d['p_value'], 3)} |")
+        lines.append(f"| {d['group']} - {d['versus']} | {fmt(d['difference_pct'])} [{fmt(d['low'])}, "
+                     f"{fmt(d['high'])}] | {fmt(d['p_value'], 3)} |")
     lines += ["", "Negative: the top group trains to lower error. Intervals resample the students within each group.",
               "", "![trained students by group](contrast.png)", "",
               "The proxy table below covers the trained students only: a selected sample (best, random and worst "
@@ -154,8 +155,21 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def _fmt(x: float, digits: int = 2) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+def fmt(x: Any, digits: int = 2, sign: bool = False) -> str:
+    """A number for a report, "n/a" for None, NaN, infinity or anything not a number; `sign` shows + too."""
+    if not isinstance(x, numbers.Real) or not math.isfinite(x):
+        return "n/a"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def plural(n: int, word: str) -> str:
+    """'1 epoch', '2 epochs'."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def made_by(command: str) -> list[str]:
+    """The lines under a report's title that give the command rebuilding it."""
+    return ["Made by:", "", "```bash", command, "```", ""]
 
 
 def _markdown(report: dict[str, Any]) -> str:
@@ -166,12 +180,7 @@ def _markdown(report: dict[str, Any]) -> str:
         f"# {'Contrast' if c.get('contrast') else 'Ranking'} study: {c['model']} at {format_count(c['budget'])} "
         f"parameters, {report['candidates']} candidates trained",
         "",
-        "Made by:",
-        "",
-        "```bash",
-        report["command"],
-        "```",
-        "",
+        *made_by(report["command"]),
         f"Each candidate trained {c['epochs']} epochs ({c['schedule']}, lr {c['lr']}, batch {c['batch_size']}, "
         f"train subset {c['train_subset'] or 'all'}, test subset {c['test_subset'] or 'all'}, "
         f"{'attention transfer from ' + c['teacher'] if c['teacher'] else 'cross-entropy only'}), "
@@ -186,26 +195,26 @@ def _markdown(report: dict[str, Any]) -> str:
     cost = report["proxy_seconds_per_candidate"]
     for n in order:
         s = proxies[n]
-        lines.append(f"| {n} | {_fmt(s['spearman'])} [{_fmt(s['spearman_low'])}, {_fmt(s['spearman_high'])}] | "
-                     f"{_fmt(s['kendall'])} [{_fmt(s['kendall_low'])}, {_fmt(s['kendall_high'])}] | "
-                     f"{_fmt(s['top1_error_pct'])} | {_fmt(s['top5_error_pct'])} | "
-                     f"{_fmt(100 * s['top1_in_best_decile'], 0)}% | {_fmt(cost.get(n, math.nan))} |")
+        lines.append(f"| {n} | {fmt(s['spearman'])} [{fmt(s['spearman_low'])}, {fmt(s['spearman_high'])}] | "
+                     f"{fmt(s['kendall'])} [{fmt(s['kendall_low'])}, {fmt(s['kendall_high'])}] | "
+                     f"{fmt(s['top1_error_pct'])} | {fmt(s['top5_error_pct'])} | "
+                     f"{fmt(100 * s['top1_in_best_decile'], 0)}% | {fmt(cost.get(n, math.nan))} |")
     e = report["error_pct"]
-    lines += ["", f"Pool: best {_fmt(e['best'])}%, median {_fmt(e['median'])}%, mean (a random pick) "
-              f"{_fmt(e['mean'])}%, worst {_fmt(e['worst'])}%."]
+    lines += ["", f"Pool: best {fmt(e['best'])}%, median {fmt(e['median'])}%, mean (a random pick) "
+              f"{fmt(e['mean'])}%, worst {fmt(e['worst'])}%."]
     ceiling = report["noise_ceiling"]
     if ceiling:
         lines += ["", f"Noise ceiling: the errors of training seeds {ceiling['seeds'][0]} and {ceiling['seeds'][1]} "
-                  f"rank the pool with Spearman {_fmt(ceiling['spearman'])} [{_fmt(ceiling['spearman_low'])}, "
-                  f"{_fmt(ceiling['spearman_high'])}]; the candidate accounts for "
-                  f"{_fmt(100 * max(0.0, ceiling['candidate_share']), 0)}% of the variance of one run's error "
-                  f"(one-way ICC {_fmt(ceiling['candidate_share'])} [{_fmt(ceiling.get('candidate_share_low'))}, "
-                  f"{_fmt(ceiling.get('candidate_share_high'))}]), the training seed for the rest (SD "
-                  f"{_fmt(ceiling['seed_sd_pct'])} points)."]
+                  f"rank the pool with Spearman {fmt(ceiling['spearman'])} [{fmt(ceiling['spearman_low'])}, "
+                  f"{fmt(ceiling['spearman_high'])}]; the candidate accounts for "
+                  f"{fmt(100 * max(0.0, ceiling['candidate_share']), 0)}% of the variance of one run's error "
+                  f"(one-way ICC {fmt(ceiling['candidate_share'])} [{fmt(ceiling.get('candidate_share_low'))}, "
+                  f"{fmt(ceiling.get('candidate_share_high'))}]), the training seed for the rest (SD "
+                  f"{fmt(ceiling['seed_sd_pct'])} points)."]
         if math.isfinite(ceiling["mean_reliability"]):
             lines[-1] += (f" The target, the mean of the seeds' errors, is then about "
-                          f"{_fmt(ceiling['mean_reliability'])} reliable (Spearman-Brown), so even a perfect proxy "
-                          f"would show a Spearman of only about -{_fmt(ceiling['max_abs_spearman'])} with it.")
+                          f"{fmt(ceiling['mean_reliability'])} reliable (Spearman-Brown), so even a perfect proxy "
+                          f"would show a Spearman of only about -{fmt(ceiling['max_abs_spearman'])} with it.")
         else:
             lines[-1] += (" The seeds do not rank the candidates alike, so the target holds no ranking for a proxy "
                           "to find: train longer before comparing proxies.")
@@ -213,7 +222,7 @@ def _markdown(report: dict[str, Any]) -> str:
         lines += ["", f"{report['diverged']} candidate(s) diverged in training (failed.json in their folder): "
                   "left out of every statistic."]
     if "training steps" in cost:
-        lines += ["", f"The SGD steps behind the NAME@K proxies took {_fmt(cost['training steps'])} s per candidate "
+        lines += ["", f"The SGD steps behind the NAME@K proxies took {fmt(cost['training steps'])} s per candidate "
                   "(the s/cand column counts only the measurement)."]
     lines += ["", "![each proxy against error](proxies.png)", ""]
     return "\n".join(lines)
@@ -242,7 +251,7 @@ def _plot_proxies(path: Path, rows: list[dict[str, Any]], config: StudyConfig, s
         else:
             ax.xaxis.set_major_locator(MaxNLocator(4))
             ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4), useOffset=False)
-        ax.set_title(f"{name}  rho={_fmt(stats[name]['spearman'])}", fontsize=9)
+        ax.set_title(f"{name}  rho={fmt(stats[name]['spearman'])}", fontsize=9)
         ax.set_xlabel(name, fontsize=8)
         ax.set_ylabel("test error %", fontsize=8)
         ax.tick_params(labelsize=7)
