@@ -36,8 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from ..data import load_split, probe_images
-from ..data.imagefolder import check_classes
+from ..data import load_split
 from ..scoring.importance import prunable_weights
 from ..search.run import SearchConfig, run_search
 from ..space.backbones import Backbone, get_backbone
@@ -320,9 +319,9 @@ def _teacher_row(config: CompareConfig, out: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- the run
 
 
-def _check_inputs(config: CompareConfig, group: torch_dist.ProcessGroup | None) -> None:
-    """Everything that can stop the study, before its folder is claimed: budgets no genotype reaches, pruning budgets
-    outside the teacher's range, the search settings, the --teacher file and the data."""
+def _check_inputs(config: CompareConfig) -> None:
+    """What can stop the study, before its folder is claimed: budgets no genotype reaches, pruning budgets outside
+    the teacher's range, the search settings and the --teacher file (`claim_out_dir` checks the data)."""
     teacher = config.backbone()
     for budget in config.budgets:
         _random_genotypes(config, budget, max(config.random, 1))
@@ -337,8 +336,6 @@ def _check_inputs(config: CompareConfig, group: torch_dist.ProcessGroup | None) 
                                      f"budget between its {dense:,} dense ones (BN, biases) and its {total:,}")
     if config.teacher is not None:
         _check_given_teacher(config, config.teacher)
-    images = rank0_first(group, lambda: probe_images(config.data_dir, teacher.input_size))
-    check_classes(teacher, images, config.data_dir)
 
 
 def run_compare(config: CompareConfig, out_dir: str | Path, workers: int = 1, device: str | torch.device = "cpu",
@@ -350,7 +347,7 @@ def run_compare(config: CompareConfig, out_dir: str | Path, workers: int = 1, de
     rank = torch_dist.get_rank(group) if group is not None else 0
     # The teacher takes hours on rank 0 while the others wait: on a gloo group whose timeout allows it.
     waiting = torch_dist.new_group(backend="gloo", timeout=timedelta(days=30)) if group is not None else None
-    _check_inputs(config, group)
+    _check_inputs(config)
     on_rank0(group, lambda: claim_out_dir(out, config, "comparison"))
     if config.teacher is None:
         rank0_first(waiting, lambda: _train_teacher(config, out, device, progress and rank == 0))

@@ -35,12 +35,11 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from ..data import probe_images
 from ..space.backbones import Backbone, get_backbone
 from ..space.blocks import block_type, has_block_type, registered_block_types
 from ..space.genotype import Genotype
 from ..util.counts import format_count
-from ..util.distributed import on_rank0, rank0_first
+from ..util.distributed import on_rank0
 from ..util.errors import BlockSwapError
 from ..util.options import check_fields, from_record, option
 from ..util.rundir import read_json, write_json_atomic, write_text_atomic
@@ -117,9 +116,7 @@ def run_placement(config: PlacementConfig, out_dir: str | Path, workers: int = 1
     require_extra()
     out = Path(out_dir)
     students = placement_students(config)
-    # The data before the folder: a study that cannot start leaves no config.json to refuse the corrected command.
-    rank0_first(group, lambda: probe_images(config.data_dir, config.backbone().input_size))
-    on_rank0(group, lambda: claim_out_dir(out, config, what="placement"))
+    on_rank0(group, lambda: claim_out_dir(out, config, what="placement"))  # checks the data before the folder
     train_cohort(config, students, out, workers, device, progress, group, desc="placement students")
     if group is not None and torch_dist.get_rank(group) != 0:
         return {}
