@@ -359,9 +359,10 @@ def run_search(
     check_classes(backbone, images, config.data_dir or "the embedded CIFAR-10 sample")
     x, y = images.probe_batch(config.batch_size, config.seed)
     batch: tuple[Tensor, Tensor] = (x.to(device), y.to(device))
-    inputs = search_inputs(None if config.data_dir is None else images, config.batch_size, config.seed, config.model)
 
-    def prepare() -> dict[int, Candidate]:
+    def prepare() -> dict[int, Candidate]:  # rank 0: the folder, its recorded inputs, the rows it trusts
+        inputs = search_inputs(None if config.data_dir is None else images, config.batch_size, config.seed,
+                               config.model)
         rows = _prepare_out_dir(out, config, genotypes, latency, predicted, inputs, sums_blocks(scorer, config.inits))
         check_rescored(rows, lambda i, screen: score_genotype(
             genotypes[i], i, config.seed, first_images(batch, config.screen_batch) if screen else batch, scorer,
