@@ -560,18 +560,25 @@ _COHORT_STUDIES: dict[str, tuple[type, Callable[..., dict[str, Any]], str, str]]
 }
 
 
-def _cmd_cohort_study(args: argparse.Namespace) -> int:
-    config = args.config_class(**values(args, args.config_class))
+def _run_training_study(args: argparse.Namespace, runner: Callable[..., dict[str, Any]], config: Any,
+                        ) -> tuple[dict[str, Any], bool]:
+    """Run a study that trains (`runner(config, out, ...)`) with the command's --workers, --device and --out, under
+    torchrun where it was started so; its report and whether this is the main process."""
     device = _device(args.device)
     if device.type == "cpu" and args.workers > usable_cores():
         raise BlockSwapError(f"--workers {args.workers} exceeds the {usable_cores()} CPU cores this process may use")
     place = setup_distributed(device)
     try:
-        report = args.runner(config, args.out, workers=args.workers, device=place.device,
-                             progress=place.is_main and not args.quiet, group=place.group)
+        report = runner(config, args.out, workers=args.workers, device=place.device,
+                        progress=place.is_main and not args.quiet, group=place.group)
     finally:
         place.close()
-    if place.is_main:
+    return report, place.is_main
+
+
+def _cmd_cohort_study(args: argparse.Namespace) -> int:
+    report, main_process = _run_training_study(args, args.runner, args.config_class(**values(args, args.config_class)))
+    if main_process:
         print("\n".join(report["summary"]))
     return 0
 
@@ -583,18 +590,8 @@ def _cmd_study_goodbad(args: argparse.Namespace) -> int:
 
 
 def _cmd_study_rank(args: argparse.Namespace) -> int:
-    config = StudyConfig(**values(args, StudyConfig))
-    cores = usable_cores()
-    device = _device(args.device)
-    if device.type == "cpu" and args.workers > cores:
-        raise BlockSwapError(f"--workers {args.workers} exceeds the {cores} CPU cores this process may use")
-    place = setup_distributed(device)
-    try:
-        report = run_study(config, args.out, workers=args.workers, device=place.device,
-                           progress=place.is_main and not args.quiet, group=place.group)
-    finally:
-        place.close()
-    if not place.is_main:
+    report, main_process = _run_training_study(args, run_study, StudyConfig(**values(args, StudyConfig)))
+    if not main_process:
         return 0
     best = min(report["proxies"].items(), key=lambda kv: kv[1]["spearman"] if kv[1]["spearman"] == kv[1]["spearman"]
                else float("inf"))
