@@ -12,6 +12,18 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO.parent / "shared" / "data" / "cifar10" / "build.py"
+REQUIRE_VISION = "BLOCKSWAP_REQUIRE_VISION"  # set by .ci/vision: a `vision` test that skips there has failed
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under .ci/vision, a skipped `vision` test is a failure: the environment was built to run it."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get(REQUIRE_VISION) and item.get_closest_marker("vision") is not None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped where ${REQUIRE_VISION} is set (the vision environment): {reason}"
 
 
 @pytest.fixture(autouse=True)

@@ -3,10 +3,12 @@ the same logits as torchvision's and timm's modules, and set-up that never build
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 import torch
@@ -270,6 +272,7 @@ def test_a_v1_bottleneck_module_is_refused_by_its_strides() -> None:
 # --- the real modules: torchvision's eight and timm's resnet50 (random weights, no downloads) ---
 
 @pytest.mark.parametrize("name", sorted(TORCHVISION))
+@pytest.mark.vision
 def test_torchvision_bottleneck_resnets_give_the_same_logits(name: str) -> None:
     models = pytest.importorskip("torchvision.models")
     torch.manual_seed(0)
@@ -285,6 +288,7 @@ def test_torchvision_bottleneck_resnets_give_the_same_logits(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["resnet50", "resnext50_32x4d"])
+@pytest.mark.vision
 def test_torchvision_modules_read_from_their_convs(name: str) -> None:
     models = pytest.importorskip("torchvision.models")
     torch.manual_seed(0)
@@ -294,6 +298,7 @@ def test_torchvision_modules_read_from_their_convs(name: str) -> None:
     assert max_gap(reference, net) < 1e-5
 
 
+@pytest.mark.vision
 def test_timm_resnet50_gives_the_same_logits() -> None:
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
@@ -312,3 +317,90 @@ def test_build_network_of_a_bottleneck_teacher_has_torchvision_keys() -> None:
     keys = set(build_network(backbone, ["ConvB4"] * 2).state_dict())
     assert {"layer1.0.conv3.weight", "layer1.0.bn3.running_var", "layer2.0.downsample.0.weight"} <= keys
     assert set(TinyBottleneckResNet((1, 1), (4, 8), (16, 32), (1, 1), num_classes=3).state_dict()) == keys
+
+
+# --- a Bottleneck teacher through the whole pipeline (no torchvision needed) ---
+
+def test_resnet50_attention_points_are_its_four_stage_outputs() -> None:
+    """Attention transfer from a ResNet-50 teacher compares the stage outputs at 256, 512, 1024, 2048 channels."""
+    from blockswap.train.distill import DistillConfig, student_loss
+
+    backbone = get_backbone("resnet50", num_classes=10)
+    teacher = Genotype.uniform(backbone).build().eval()
+    student = Genotype(backbone, ("G8B4",) * backbone.num_blocks).validate().build().eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        t, s = teacher.forward_taps(x), student.forward_taps(x)
+    assert [p.shape[1] for p in t.stages] == [p.shape[1] for p in s.stages] == [256, 512, 1024, 2048]
+    assert [p.shape[2] for p in t.stages] == [16, 8, 4, 2]
+    loss = student_loss(s.logits, torch.tensor([1, 7]), DistillConfig(), s.stages, t.stages, t.logits)
+    assert torch.isfinite(loss.total) and loss.attention > 0
+    assert loss.total == pytest.approx((loss.ce + 1000.0 * 3 / 4 * loss.attention).item(), rel=1e-5)
+
+
+def _colour_folder(root: Path, classes: int = 3) -> Path:
+    """train/ and val/ of small noisy flat-colour PNGs, the class is the colour: data the test owns."""
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(0)
+    for split, n in (("train", 6), ("val", 3)):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            colour = torch.tensor([200 if c == k else 40 for k in range(3)])
+            for i in range(n):
+                noise = torch.randint(-20, 21, (40, 40, 3), generator=rng)
+                Image.fromarray((colour + noise).clamp(0, 255).to(torch.uint8).numpy()).save(folder / f"{i}.png")
+    return root
+
+
+def test_a_bottleneck_teacher_from_search_to_export_on_the_cli(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A torchvision-layout Bottleneck ResNet's bare state dict: info, search (params, then params and MACs), a
+    student distilled from it, eval and ONNX export, each from the command line."""
+    from blockswap.cli import main
+
+    weights = tmp_path / "tiny50.pth"
+    torch.manual_seed(0)
+    torch.save(TinyBottleneckResNet((1, 2, 1, 1), (8, 16, 16, 32), (32, 64, 64, 128), (1, 1, 1, 1),
+                                    num_classes=3).state_dict(), weights)
+    data = str(_colour_folder(tmp_path / "images"))
+    assert main(["info", str(weights)]) == 0
+    shown = capsys.readouterr().out
+    assert "tiny50, 3 classes, input 224x224" in shown and shown.count("ConvB4") == 5
+    teacher = Genotype.uniform(backbone_from_state_dict(torch.load(weights)))
+    assert teacher.backbone.teacher_block == "ConvB4" and teacher.params() == 46_603
+    common = ["--model", str(weights), "--samples", "6", "--batch-size", "8", "--workers", "1", "--quiet"]
+    capsys.readouterr()
+    assert main(["search", "--budget", "40k", *common, "--out", str(tmp_path / "cifar")]) == 2
+    err = capsys.readouterr().err  # the embedded CIFAR-10 sample has 10 classes; no registered model has this layout
+    assert err.rstrip().endswith("use data with 3 classes (the file's head)") and not (tmp_path / "cifar").exists()
+    common += ["--data-dir", data]
+    assert main(["search", "--budget", "40k", *common, "--out", str(tmp_path / "search")]) == 0
+    best = json.loads((tmp_path / "search" / "best.json").read_text())
+    assert best["backbone"]["teacher_block"] == "ConvB4" and best["num_classes"] == 3
+    assert abs(best["params"] - 40_000) <= 0.025 * 40_000 and best["params"] < teacher.params()
+    assert main(["search", "--budget", "40k", "--budget-macs", "30M", *common, "--out", str(tmp_path / "macs")]) == 0
+    assert json.loads((tmp_path / "macs" / "best.json").read_text())["macs"] <= 30_000_000
+
+    student = tmp_path / "student"
+    assert main(["train", "student", "--genotype", str(tmp_path / "search" / "best.json"), "--teacher", str(weights),
+                 "--data-dir", data, "--epochs", "1", "--batch-size", "6", "--precision", "fp32",
+                 "--loader-workers", "0", "--quiet", "--out", str(student)]) == 0
+    config = json.loads((student / "config.json").read_text())
+    assert config["teacher_genotype"]["blocks"] == ["ConvB4"] * 5
+    metrics = json.loads((student / "metrics.jsonl").read_text().splitlines()[0])
+    assert metrics["train_at"] > 0  # attention transfer from the Bottleneck teacher's stage outputs
+    final = json.loads((student / "final.json").read_text())
+    assert final["blocks"] == best["blocks"] and final["params"] == best["params"]
+
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(student / "last.pt"), "--data-dir", data, "--precision", "fp32",
+                 "--latency-batch-sizes", "1", "--min-time", "0.01", "--loader-workers", "0"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["params"] == best["params"] and report["test_error_pct"] == pytest.approx(final["test_error_pct"])
+    for name in ("onnx", "onnxscript", "onnxruntime"):
+        pytest.importorskip(name)
+    assert main(["export", "--checkpoint", str(student / "last.pt"), "--format", "onnx",
+                 "--out", str(tmp_path / "student.onnx")]) == 0
+    assert (tmp_path / "student.onnx").stat().st_size > 10_000

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+pytestmark = pytest.mark.vision
 tv = pytest.importorskip("torchvision")
 
 from torchvision.models.detection import MaskRCNN
@@ -125,8 +126,47 @@ def test_default_anchors_and_poolers_match_torchvision_for_resnet() -> None:
     assert ours.transform.min_size == theirs.transform.min_size and ours.transform.max_size == theirs.transform.max_size
 
 
+def test_a_resnet50_teacher_gives_the_fpn_features_of_torchvisions_maskrcnn_resnet50_fpn() -> None:
+    """A Bottleneck backbone read from torchvision's resnet50 carries the same pyramid over 256..2048 channels as
+    `resnet_fpn_backbone("resnet50")`, the builder of `maskrcnn_resnet50_fpn`, given the same weights."""
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    from blockswap.weights.teachers import load_resnet
+
+    torch.manual_seed(0)
+    reference = tv.models.resnet50().eval()
+    with torch.no_grad():  # BN statistics that are not the identity, so eval mode checks each one
+        for m in reference.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.75, 1.25)
+                m.weight.uniform_(0.5, 1.0)
+    theirs = resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=5,
+                                 norm_layer=nn.BatchNorm2d).eval()
+    theirs.body.load_state_dict({k: v for k, v in reference.state_dict().items() if not k.startswith("fc.")})
+    net, genotype = load_resnet(reference, name="resnet50")
+    assert genotype.blocks == ("ConvB4",) * 16
+    ours = backbone_with_fpn(net).eval()
+    assert [block[0].in_channels for block in ours.fpn.inner_blocks] == [256, 512, 1024, 2048]
+    ours.fpn.load_state_dict(theirs.fpn.state_dict())
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        got, want = ours(x), theirs(x)
+    assert list(got) == list(want) == ["0", "1", "2", "3", "pool"]
+    for name in want:
+        assert got[name].shape == want[name].shape
+        assert (got[name] - want[name]).abs().max() < 1e-5, name
+
+
+def cheap_resnet50() -> Genotype:
+    """ResNet-50's layout (Bottleneck stage widths 256..2048) with cheap block types."""
+    backbone = Backbone.from_name("resnet50")
+    blocks = tuple(("G8B4", "DConvG16", "G16B2")[i % 3] for i in range(backbone.num_blocks))
+    return Genotype(backbone, blocks).validate()
+
+
 @pytest.mark.parametrize("device", devices())
-@pytest.mark.parametrize("make", [cheap_resnet18, two_stage], ids=["resnet18", "two-stage"])
+@pytest.mark.parametrize("make", [cheap_resnet18, two_stage, cheap_resnet50], ids=["resnet18", "two-stage", "resnet50"])
 def test_training_forward_gives_finite_losses_and_gradients(device: str, make: Callable[[], Genotype]) -> None:
     torch.manual_seed(0)
     model = mask_rcnn(make(), num_classes=5, min_size=SIZE, max_size=SIZE).to(device).train()

@@ -286,7 +286,8 @@ def test_each_command_advises_a_fix_that_exists_there(image_folder: Path, cifar_
     capsys.readouterr()
     assert main([*search, "--model", str(teacher / "last.pt"), "--out", str(tmp_path / "s2")]) == 2
     err = capsys.readouterr().err
-    assert "use data with 10 classes (the file's head), or search a registered --model with --num-classes 3" in err
+    assert err.rstrip().endswith("use data with 10 classes (the file's head), or search --model wrn-10-1 "
+                                 "--num-classes 3 (its layout with a new head)")
     assert main(["eval", "--checkpoint", str(teacher / "last.pt"), "--data-dir", data, "--min-time", "0.01"]) == 2
     err = capsys.readouterr().err
     assert "use data with 10 classes: a trained network's head is fixed" in err and "--num-classes" not in err
@@ -295,7 +296,8 @@ def test_each_command_advises_a_fix_that_exists_there(image_folder: Path, cifar_
     err = capsys.readouterr().err
     assert "the studies train wrn-10-1 with its 10 classes" in err and "--num-classes" not in err
     assert main(["study", "rank", "--model", "wrn-10-1", "--budget", "40k", "--candidates", "3", "--proxies",
-                 "params", "--epochs", "1", "--batch-size", "16", "--data-dir", data, "--out", str(tmp_path / "r")]) == 2
+                 "params", "--epochs", "1", "--batch-size", "16", "--data-dir", data,
+                 "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "the studies train wrn-10-1 with its 10 classes" in err and "--num-classes" not in err
     assert not (tmp_path / "s2").exists() and not (tmp_path / "m").exists() and not (tmp_path / "r").exists()

@@ -99,6 +99,7 @@ def test_all_conv_resnet_loads_torchvision_state_dict_unchanged(name: str, layou
     assert torch.equal(model.layer4[1].bn2.running_var, sd["layer4.1.bn2.running_var"])
 
 
+@pytest.mark.vision
 def test_torchvision_resnet_forward_matches_when_available() -> None:
     tv = pytest.importorskip("torchvision.models")
     ref = tv.resnet18().eval()

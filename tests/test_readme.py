@@ -149,7 +149,8 @@ def test_inline_commands_and_options_exist() -> None:
 def test_the_checker_catches_a_renamed_option_and_a_missing_subcommand() -> None:
     parser = _parser()
     assert check_command(["search", "--budget", "400k", "--out", "d"], parser, whole=True) == []
-    assert check_command(["search", "--budgets", "400k"], parser, whole=True) == ["blockswap search: no option --budgets"]
+    assert check_command(["search", "--budgets", "400k"], parser, whole=True) == [
+        "blockswap search: no option --budgets"]
     assert check_command(["train"], parser, whole=True)[0].startswith("blockswap train: needs a subcommand")
     assert check_command(["serach"], parser, whole=True) == ["blockswap: no subcommand 'serach'"]
     assert check_command(["--plugin", "my.py", "info", "wrn-40-2"], parser, whole=True) == []

@@ -116,7 +116,8 @@ SCREENED = SearchConfig(budget=40_000, model="wrn-10-1", samples=6, batch_size=3
 def test_screening_that_keeps_every_candidate_is_the_paper_search(tmp_path: Path) -> None:
     keep_all = SearchConfig(**{**SCREENED.__dict__, "rescore_fraction": 1.0})
     paper = SearchConfig(**{**SCREENED.__dict__, "screen": False})
-    screened, unscreened = run_search(keep_all, tmp_path / "s", progress=False), run_search(paper, tmp_path / "p", progress=False)
+    screened = run_search(keep_all, tmp_path / "s", progress=False)
+    unscreened = run_search(paper, tmp_path / "p", progress=False)
     assert screened.best.index == unscreened.best.index and screened.best.score == unscreened.best.score
     assert (tmp_path / "s" / "best.json").read_bytes() == (tmp_path / "p" / "best.json").read_bytes()
     full = {r["index"]: (r["score"], r["score_per_block"]) for r in _rows(tmp_path / "p")}

@@ -29,7 +29,7 @@ from .data.imagefolder import ClassCountError
 from .deploy.evaluate import EvalConfig, evaluate_checkpoint
 from .deploy.export import FORMATS, export_checkpoint
 from .search.run import SearchConfig, run_search
-from .space.backbones import get_backbone
+from .space.backbones import get_backbone, registered_layout
 from .space.blocks import block_type
 from .space.genotype import Genotype, load_genotype
 from .space.latency import DEFAULT_MIN_TIME, check_latency_table, latency_table
@@ -260,8 +260,9 @@ def _add_recipe(p: argparse.ArgumentParser, recipe: str) -> None:
 
 def _add_train(sub: argparse._SubParsersAction, recipe: str) -> None:
     p = sub.add_parser("train", help="train a teacher, or a student with attention transfer",
-                       description="Train on CIFAR-10 or an image folder with the paper's recipe (--recipe); writes config.json, metrics.jsonl, "
-                       "checkpoint.pt, best.pt, last.pt and final.json to --out. Works under torchrun.")
+                       description="Train on CIFAR-10 or an image folder with the paper's recipe (--recipe); writes "
+                       "config.json, metrics.jsonl, checkpoint.pt, best.pt, last.pt and final.json to --out. "
+                       "Works under torchrun.")
     kinds = p.add_subparsers(dest="kind", required=True)
     t = kinds.add_parser("teacher", help="train a network with cross-entropy",
                          description="Train any supported network with plain cross-entropy.")
@@ -366,7 +367,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="test error, params, MACs and latency of a trained network, as JSON",
                        description="Evaluate a weight file written by `blockswap train` (best.pt, last.pt or "
-                       "checkpoint.pt) on the CIFAR-10 test set or an image folder's val/ split and time it on the current device.")
+                       "checkpoint.pt) on the CIFAR-10 test set or an image folder's val/ split and time it on the "
+                       "current device.")
     add_options(p, EvalConfig)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     _add_loader_workers(p)
@@ -683,7 +685,9 @@ def _class_advice(args: argparse.Namespace, e: ClassCountError) -> str:
     fixed = f"use data with {e.have} classes"
     if args.func is _cmd_search:
         if is_weight_file(args.model):
-            return f"; {fixed} (the file's head), or search a registered --model with --num-classes {e.need}"
+            name = registered_layout(model_backbone(args.model))
+            other = f", or search --model {name} --num-classes {e.need} (its layout with a new head)" if name else ""
+            return f"; {fixed} (the file's head){other}"
         return f"; pass --num-classes {e.need}"
     if args.func is _cmd_train:
         named = getattr(args, "teacher_model", None) or getattr(args, "model", None) or ""

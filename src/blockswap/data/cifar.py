@@ -33,7 +33,9 @@ from torch import Tensor
 from ..util.errors import BlockSwapError
 from ..util.rundir import file_digest
 
-__all__ = ["DataError", "ImageSet", "CIFAR10_URL", "URL_ENV", "CIFAR10_MD5", "CIFAR10_MEAN", "CIFAR10_STD", "load_cifar10", "ensure_cifar10", "download_cifar10", "load_embedded_sample", "normalize", "augment", "cutout_holes"]
+__all__ = ["DataError", "ImageSet", "CIFAR10_URL", "URL_ENV", "CIFAR10_MD5", "CIFAR10_MEAN", "CIFAR10_STD",
+           "load_cifar10", "ensure_cifar10", "download_cifar10", "load_embedded_sample", "normalize", "augment",
+           "cutout_holes"]
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 URL_ENV = "BLOCKSWAP_CIFAR10_URL"  # a mirror of the official archive (same MD5), e.g. a file:// URL
@@ -139,7 +141,8 @@ class _BatchUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> object:
         if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR-10 batch never holds; not loaded")
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR-10 batch never holds; "
+                                         "not loaded")
         return super().find_class(module, name)
 
 

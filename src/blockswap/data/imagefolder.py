@@ -142,8 +142,9 @@ def open_image_folder(root: str | Path, size: int) -> tuple[FolderSplit, FolderS
     if train_classes != val_classes:
         only_train = sorted(set(train_classes) - set(val_classes))
         only_val = sorted(set(val_classes) - set(train_classes))
-        raise DataError(f"{root}: train/ and val/ hold different classes (only in train: {', '.join(only_train) or '-'};"
-                        f" only in val: {', '.join(only_val) or '-'}); both need the same class folders")
+        raise DataError(f"{root}: train/ and val/ hold different classes (only in train: "
+                        f"{', '.join(only_train) or '-'}; only in val: {', '.join(only_val) or '-'}); "
+                        "both need the same class folders")
     classes = tuple(train_classes)
     return (FolderSplit(classes, tuple(train_paths), torch.tensor(train_labels), size),
             FolderSplit(classes, tuple(val_paths), torch.tensor(val_labels), size))

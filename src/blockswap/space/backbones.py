@@ -33,6 +33,7 @@ __all__ = [
     "get_backbone",
     "backbone_names",
     "models_with_blocks",
+    "registered_layout",
 ]
 
 
@@ -278,6 +279,15 @@ def models_with_blocks(num_blocks: int, like: Backbone | None = None) -> list[tu
             )
     alike = {name: free for name, free in found.items() if like is not None and teachers[name] == like.teacher_block}
     return list((alike or found).items())
+
+
+def registered_layout(backbone: Backbone) -> str | None:
+    """The registered model name with `backbone`'s layout, whatever its class count (None if there is none): what a
+    weight file's network is called when it is searched with another head."""
+    for name, _ in models_with_blocks(backbone.num_blocks, like=backbone):
+        if replace(get_backbone(name, backbone.num_classes), name=backbone.name) == backbone:
+            return name
+    return None
 
 
 @register_backbone("wrn-{depth}-{width}", help="WideResNet, depth 6n+4, e.g. wrn-40-2, wrn-16-1")

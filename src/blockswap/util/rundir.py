@@ -21,8 +21,8 @@ from typing import IO, Any
 
 from .errors import BlockSwapError
 
-__all__ = ["file_digest", "atomic_file", "write_text_atomic", "write_json_atomic", "config_changes", "read_json", "check_recorded",
-           "record"]
+__all__ = ["file_digest", "atomic_file", "write_text_atomic", "write_json_atomic", "config_changes", "read_json",
+           "check_recorded", "record"]
 
 
 def file_digest(path: str | Path, algorithm: str) -> str:
