@@ -238,6 +238,24 @@ def test_bottleneck_files_and_modules_read_as_their_teacher(teacher: str) -> Non
     assert restored == genotype and restored.backbone.teacher_block == teacher
 
 
+
+def test_bottleneck_weights_read_the_same_through_prefixes_and_wrappers() -> None:
+    """DataParallel/DDP `module.` prefixes, torch.compile's `_orig_mod.`, and training-script dicts around the
+    weights: each reads as the bare state dict does."""
+    inner, widths, groups = LAYOUTS["A4B2"]
+    torch.manual_seed(0)
+    state = randomise_batch_norms(TinyBottleneckResNet((2, 1, 2), inner, widths, groups)).state_dict()
+    bare_net, bare = load_resnet(state, input_size=64)
+    assert bare.backbone.teacher_block == "A4B2"
+    x = torch.randn(2, 3, 64, 64)
+    for wrapped in ({f"module.{k}": v for k, v in state.items()},
+                    {"state_dict": {f"_orig_mod.module.{k}": v for k, v in state.items()}, "epoch": 3},
+                    {"model_state_dict": state, "optimizer_state_dict": {}}):
+        net, genotype = load_resnet(wrapped, input_size=64)
+        assert genotype == bare
+        with torch.no_grad():
+            assert torch.equal(net.eval()(x), bare_net.eval()(x))
+
 def _bottleneck_state(**changes: object) -> dict[str, Tensor]:
     inner, widths, groups = LAYOUTS["A4B2"]
     args = {"inner": inner, "widths": widths, "groups": groups, **changes}
@@ -382,6 +400,14 @@ def test_a_bottleneck_teacher_from_search_to_export_on_the_cli(tmp_path: Path,
     assert abs(best["params"] - 40_000) <= 0.025 * 40_000 and best["params"] < teacher.params()
     assert main(["search", "--budget", "40k", "--budget-macs", "30M", *common, "--out", str(tmp_path / "macs")]) == 0
     assert json.loads((tmp_path / "macs" / "best.json").read_text())["macs"] <= 30_000_000
+    capsys.readouterr()
+    assert main(["latency", "--model", str(weights), "--min-time", "0.01", "--check", "0", "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)  # the teacher's predicted time bounds the students' from above
+    budget_ms = table["fixed_ms"] + sum(table["ms"]["ConvB4"])
+    assert main(["search", "--budget", "40k", "--budget-ms", f"{budget_ms:.4f}", *common,
+                 "--out", str(tmp_path / "ms")]) == 0
+    timed = json.loads((tmp_path / "ms" / "best.json").read_text())
+    assert 0 < timed["latency_ms"] <= budget_ms * 1.03 and (tmp_path / "ms" / "latency.json").is_file()
 
     student = tmp_path / "student"
     assert main(["train", "student", "--genotype", str(tmp_path / "search" / "best.json"), "--teacher", str(weights),
