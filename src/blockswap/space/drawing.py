@@ -80,7 +80,8 @@ def plot_genotype(genotype: Genotype, path: str | Path) -> GenotypePlot:
     for s, (left, right) in enumerate(zip(starts, starts[1:]), start=1):
         ax.text((left + right) / 2, 1.01, f"stage {s}", transform=ax.get_xaxis_transform(), ha="center",
                 va="bottom", fontsize=8, color="grey")
-    ax.set_xticks(range(len(heights)), [f"{i} {n}" for i, n in enumerate(genotype.blocks)], rotation=90, fontsize=7)
+    ticks = [f"{i} {n}" for i, n in enumerate(genotype.blocks, start=1)]  # positions from 1, as placement's
+    ax.set_xticks(range(len(heights)), ticks, rotation=90, fontsize=7)
     ax.set_xlim(-0.6, len(heights) - 0.4)
     ax.set_ylabel("parameters of the block body")
     ax.yaxis.set_major_formatter(formatter(lambda v, _: format_count(v)))

@@ -177,7 +177,7 @@ def require_extra() -> None:
 
     missing = [m for m in ("scipy", "matplotlib") if importlib.util.find_spec(m) is None]
     if missing:
-        raise BlockSwapError(f"the ranking study needs {' and '.join(missing)}: pip install 'blockswap[study]'")
+        raise BlockSwapError(f"the studies need {' and '.join(missing)}: pip install 'blockswap[study]'")
 
 
 def groups_path(out: Path) -> Path:
