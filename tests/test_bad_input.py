@@ -97,6 +97,20 @@ def world(tmp_path_factory: pytest.TempPathFactory, cifar_root: Path, tiny_teach
     gray = dataclasses.replace(bs.get_backbone("resnet18"), in_channels=1, input_size=32)
     torch.save(bs.Genotype.uniform(gray).build().state_dict(), w / "gray.pth")  # a 1-channel stem
     torch.save(genotype.build(), w / "whole-module.pt")  # torch.save(model), not its state dict
+    for name in ("mine", "tdir", "gdir"):  # folders of the user's own files, not blockswap runs
+        (w / name).mkdir()
+    shutil.copy(w / "teacher.pt", w / "mine" / "best.pt")
+    shutil.copy(w / "teacher.pt", w / "tdir" / "last.pt")
+    shutil.copy(w / "student.json", w / "gdir" / "final.json")
+    (w / "stray-inputs").mkdir()
+    (w / "stray-inputs" / "inputs.json").write_text("garbage{")
+    (w / "binary-csv").mkdir()
+    for name in ("search.json", "inputs.json"):
+        shutil.copy(w / "search" / name, w / "binary-csv" / name)
+    (w / "binary-csv" / "candidates.csv").write_bytes(bytes(range(128, 256)) * 3)
+    (w / "samples-text").mkdir()
+    bs.Genotype.uniform(bs.get_backbone("wrn-10-1", 1)).save(w / "one-class.json")
+    (w / "samples-text" / "results.csv").write_text("index,genotype,test_error_pct\n0,Conv Conv Conv,all-Conv\n")
     torch.jit.save(torch.jit.trace(genotype.build().eval(), torch.randn(2, 3, 32, 32)), w / "exported.pt")
     broken = torch.load(w / "teacher.pt", weights_only=True)
     nan_at = next(v for k, v in broken["state_dict"].items() if k.endswith("weight"))
@@ -208,7 +222,8 @@ CASES: list[tuple[str, list[str], str, list[str], list[str]]] = [
     ("search-rows-without-record", [*SEARCH, "--out", "{w}/orphan"], "exists but", ["{w}/orphan"], []),
     ("plugin-missing", ["--plugin", "{w}/nope.py", "info", "wrn-10-1"], "plugin file not found", [], []),
     ("plugin-unimportable", ["--plugin", "no_such_module_xyz", "info", "wrn-10-1"], "cannot import plugin", [], []),
-    ("plugin-raises", ["--plugin", "{w}/plugin_raises.py", "info", "wrn-10-1"], "broken plugin", [], []),
+    ("plugin-raises", ["--plugin", "{w}/plugin_raises.py", "info", "wrn-10-1"],
+     "plugin_raises.py failed while importing: RuntimeError: broken plugin", [], []),
     ("command-unknown", ["frobnicate"], "invalid choice: 'frobnicate'", [], []),
     # genotype files
     ("info-missing", ["info", "{w}/missing.json"], "not found", [], []),
@@ -231,7 +246,7 @@ CASES: list[tuple[str, list[str], str, list[str], list[str]]] = [
      ["{new}"]),
     ("eval-junk", ["eval", "--checkpoint", "{w}/junk.pt", "--data-dir", "{cifar}"], "as a weight file", [], []),
     ("eval-weights-only", ["eval", "--checkpoint", "{w}/weights-only.pt", "--data-dir", "{cifar}"],
-     "does not record its architecture", [], []),
+     "does not record its architecture", [], []),  # and advises no flag eval lacks: see the test below
     ("eval-missing", ["eval", "--checkpoint", "{w}/nope.pt", "--data-dir", "{cifar}"], "not found", [], []),
     ("eval-min-time-zero", ["eval", "--checkpoint", "{w}/run/last.pt", "--data-dir", "{cifar}", "--min-time", "0"],
      "must be a positive number of seconds", [], []),
@@ -282,6 +297,32 @@ CASES: list[tuple[str, list[str], str, list[str], list[str]]] = [
     ("run-exists", [*TEACHER, "--out", "{w}/run"], "pass --resume", ["{w}/run"], []),
     ("run-other-settings", [*STUDENT, *GENOTYPE, *WITH_TEACHER, "--lr", "0.05", "--resume", "--out", "{w}/run"],
      "holds a different run (lr: 0.1 -> 0.05)", ["{w}/run"], []),
+    # never written over: the user's own files in --out, the weights or genotype a command reads
+    ("train-out-user-files", [*TEACHER, "--out", "{w}/mine"], "holds files this run did not write (best.pt)",
+     ["{w}/mine"], []),
+    ("student-out-teacher-folder", [*STUDENT, *GENOTYPE, "--teacher", "{w}/tdir/last.pt", "--out", "{w}/tdir"],
+     "holds files this run did not write (last.pt)", ["{w}/tdir"], []),
+    ("student-out-genotype-folder", [*STUDENT, "--genotype", "{w}/gdir/final.json", *WITH_TEACHER, "--out",
+                                     "{w}/gdir"], "holds files this run did not write (final.json)", ["{w}/gdir"], []),
+    ("search-out-run-folder", [*SEARCH, "--out", "{w}/run"], "holds files this search did not write", ["{w}/run"], []),
+    ("search-out-stray-inputs", [*SEARCH, "--out", "{w}/stray-inputs"], "did not write (inputs.json)",
+     ["{w}/stray-inputs"], []),
+    ("study-out-user-files", ["study", "rank", "--model", "wrn-10-1", "--budget", "40k", "--candidates", "3",
+                              "--proxies", "params", "--epochs", "1", "--data-dir", "{cifar}", "--out", "{w}/mine"],
+     "holds files this study did not write", ["{w}/mine"], []),
+    ("one-output-genotype", ["train", "teacher", "--genotype", "{w}/one-class.json", *TEACHER[4:], "--out", "{new}"],
+     "a network with one output cannot learn to classify", [], ["{new}"]),
+    ("info-plot-over-weights", ["info", "wrn-10-1", "--plot", "{w}/teacher.pt"], "exists and is not a PNG",
+     ["{w}/teacher.pt"], []),
+    ("info-plot-over-genotype", ["info", "{w}/student.json", "--plot", "{w}/student.json"], "is not a PNG",
+     ["{w}/student.json"], []),
+    ("search-binary-candidates", [*SEARCH, "--out", "{w}/binary-csv"], "is not a candidates table (not text)",
+     ["{w}/binary-csv"], []),
+    ("samples-not-a-folder", ["study", "samples", "--study", "{w}/afile"], "is not a folder", ["{w}/afile"], []),
+    ("samples-text-error", ["study", "samples", "--study", "{w}/samples-text"], "a cell that should be a number",
+     ["{w}/samples-text"], []),
+    ("export-weights-only", ["export", "--checkpoint", "{w}/weights-only.pt", "--format", "torchscript", "--out",
+                             "{w}/exported-new.pt"], "save it as blockswap train does", [], ["{w}/exported-new.pt"]),
     ("run-damaged-config", [*STUDENT, *GENOTYPE, *WITH_TEACHER, "--resume", "--out", "{w}/run-damaged"],
      "not a readable run record", ["{w}/run-damaged"], []),
     ("run-junk-checkpoint", [*STUDENT, *GENOTYPE, *WITH_TEACHER, "--resume", "--out", "{w}/run-junk-checkpoint"],
@@ -368,3 +409,14 @@ def test_bad_input_is_one_line_and_exit_code_2(world: dict[str, Path], case: str
         assert _snapshot(Path(_fill(path, world))) == before[path], f"{path} changed"
     for path in absent:
         assert not Path(_fill(path, world)).exists(), f"{path} was created"
+
+
+def test_advice_for_unnamed_weights_names_only_what_the_command_has(world: dict[str, Path]) -> None:
+    """Training is told to name the architecture with --teacher-model; eval and export, which have no such flag, to
+    save the genotype with the weights."""
+    for argv, advice in ((["eval", "--checkpoint", "{w}/weights-only.pt", "--data-dir", "{cifar}"], "'genotype'"),
+                         ([*STUDENT, *GENOTYPE, "--teacher", "{w}/weights-only.pt", "--out", "{new}"],
+                          "--teacher-model")):
+        code, stderr = _run_row({**world, "new": world["w"] / "new-advice"}, "advice", argv, fresh=False)
+        assert code == 2 and advice in stderr
+        assert ("--teacher-model" in stderr) == (argv[0] == "train"), stderr

@@ -338,3 +338,42 @@ def test_a_corrupt_validation_image_stops_the_run_before_it_starts(image_folder:
     with pytest.raises(DataError, match=f"cannot decode image {bad}"):
         train(config, tmp_path / "run", progress=False, loader_workers=0)
     assert not (tmp_path / "run").exists()  # found before the folder was claimed, not after an epoch of training
+
+
+def _png(path: Path, value: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
+
+
+def test_images_in_subfolders_belong_to_their_class_and_hidden_names_are_not_images(tmp_path: Path) -> None:
+    """As torchvision's ImageFolder reads a class folder: its subfolders' images count (before, they were left out
+    silently); a linked folder that loops back is read once; dot-files and hidden folders are not images."""
+    import os
+
+    root = tmp_path / "images"
+    for split in ("train", "val"):
+        for c, name in enumerate(("a", "b")):
+            _png(root / split / name / "0.png", 40 * c)
+            _png(root / split / name / "nested" / "deeper" / "1.png", 40 * c + 10)
+            _png(root / split / name / ".hidden.png", 200)
+            _png(root / split / name / ".ipynb_checkpoints" / "2.png", 200)
+        os.symlink("..", root / split / "a" / "nested" / "loop")
+    train, val = open_image_folder(root, 8)
+    for split in (train, val):
+        names = [str(Path(p).relative_to(root)).split(os.sep, 1)[1] for p in split.paths]
+        assert sorted(names) == ["a/0.png", "a/nested/deeper/1.png", "b/0.png", "b/nested/deeper/1.png"]
+        assert split.labels.tolist() == [0, 0, 1, 1]
+
+
+def test_file_names_that_are_not_utf8_are_read_and_fingerprinted(tmp_path: Path) -> None:
+    """A name with bytes that are not UTF-8 (a Latin-1 archive unpacked on Linux) is an image like any other."""
+    import os
+
+    root = tmp_path / "images"
+    for split in ("train", "val"):
+        for c, name in enumerate(("a", "b")):
+            _png(root / split / name / "0.png", 40 * c)
+            _png(root / split / name / os.fsdecode(b"caf\xe9.png"), 40 * c + 10)
+    train, _ = open_image_folder(root, 8)
+    assert len(train) == 4 and len(train.manifest_sha256()) == 64
+    assert len(train.probe_fingerprint(4, 0)) == 64

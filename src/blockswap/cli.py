@@ -206,6 +206,17 @@ def _resolve_genotype(text: str, model: str | None, row: int, num_classes: int |
         raise BlockSwapError(f"{text!r} is neither a genotype file nor a model name") from None
 
 
+def _check_plot_path(path: Path) -> None:
+    """Refuse a --plot path that holds anything but an earlier PNG (a weight file, the genotype being read)."""
+    if path.is_dir():
+        raise BlockSwapError(f"--plot {path} is a folder; name a .png file")
+    if path.exists():
+        with path.open("rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                raise BlockSwapError(f"--plot {path} exists and is not a PNG; name a new file (only an earlier "
+                                     "PNG is replaced)")
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     g = _resolve_genotype(args.genotype, args.model, args.row, args.num_classes)
     post = g.backbone.post_activation
@@ -218,6 +229,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if args.plot is not None:
         from .space.drawing import plot_genotype
 
+        _check_plot_path(args.plot)
         plot_genotype(g, args.plot)
     if args.json:
         plot = {"plot": str(args.plot)} if args.plot is not None else {}
@@ -682,6 +694,8 @@ def _interrupted_code(e: KeyboardInterrupt) -> int:
 
 def _class_advice(args: argparse.Namespace, e: ClassCountError) -> str:
     """What fixes a head that does not fit the data, for the command that met it (each named flag exists there)."""
+    if e.have < 2:
+        return "; a network with one output cannot learn to classify: give it a head of 2 or more classes"
     fixed = f"use data with {e.have} classes"
     if args.func is _cmd_search:
         if is_weight_file(args.model):

@@ -15,8 +15,9 @@ Each training image's crop and flip come from a generator seeded by
 (seed, epoch, image index), so a batch is the same whichever worker decodes
 it, and a resumed run replays an uninterrupted one. An image that cannot be
 decoded stops the run with its path: skipping it would change what every later
-epoch sees; so does a dangling link with an image suffix. Files with other
-suffixes are ignored.
+epoch sees; so does a dangling link with an image suffix. Images in subfolders
+of a class folder belong to that class, as torchvision's ImageFolder reads them;
+files with other suffixes, and hidden names (starting with '.'), are not read.
 
 Every Pillow mode becomes 8-bit RGB as it looks: 16-bit images are scaled by
 1/257 (65535 -> 255), 32-bit integer images are read as 16-bit values, float
@@ -103,6 +104,27 @@ def is_image_folder(root: str | Path) -> bool:
     return (Path(root) / "train").is_dir()
 
 
+def _image_entries(folder: Path) -> list[os.DirEntry[str]]:
+    """Entries with an image suffix in a class folder and its subfolders, as torchvision's ImageFolder reads them
+    (a linked folder is read once, so a link loop ends); hidden names (starting with '.') are not read."""
+    entries: list[os.DirEntry[str]] = []
+    pending, seen = [folder], set()
+    while pending:
+        current = pending.pop()
+        real = os.path.realpath(current)
+        if real in seen:
+            continue
+        seen.add(real)
+        for e in os.scandir(current):
+            if e.name.startswith("."):
+                continue
+            if e.is_dir():
+                pending.append(Path(e.path))
+            elif Path(e.name).suffix.lower() in IMAGE_SUFFIXES:
+                entries.append(e)
+    return entries
+
+
 def _scan(root: Path, split: str) -> tuple[list[str], list[str], list[int]]:
     """Class names, image paths and labels of one split; DataError for a missing split or an empty class."""
     folder = root / split
@@ -117,8 +139,7 @@ def _scan(root: Path, split: str) -> tuple[list[str], list[str], list[int]]:
     paths: list[str] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
-        entries = [e for e in os.scandir(folder / name)
-                   if not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_SUFFIXES]
+        entries = _image_entries(folder / name)
         dangling = sorted(e.path for e in entries if e.is_symlink() and not e.is_file() and not e.is_dir())
         if dangling:
             raise DataError(f"{dangling[0]} is a link to nothing ({len(dangling)} such in {folder / name}); fix or "
@@ -358,7 +379,7 @@ class FolderSplit:
                 size = p.stat().st_size
             except OSError as e:
                 raise DataError(f"cannot read image {p} ({e.strerror})") from None
-            digest.update(f"{p.parent.name}/{p.name}:{label}:{size}\n".encode())
+            digest.update(f"{p.parent.name}/{p.name}:{label}:{size}\n".encode("utf-8", "surrogateescape"))
         return digest.hexdigest()
 
     def probe_fingerprint(self, batch_size: int, seed: int) -> str:
@@ -368,7 +389,7 @@ class FolderSplit:
         digest = hashlib.sha256(str(len(self)).encode())
         for i in idx.tolist():
             path = Path(self.paths[i])
-            digest.update(f"{path.parent.name}/{path.name}:{int(self.labels[i])}:".encode())
+            digest.update(f"{path.parent.name}/{path.name}:{int(self.labels[i])}:".encode("utf-8", "surrogateescape"))
             try:
                 digest.update(path.read_bytes())
             except OSError as e:

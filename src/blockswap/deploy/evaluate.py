@@ -32,7 +32,7 @@ from ..util.options import (
     whole_numbers,
 )
 from ..util.precision import PRECISIONS, autocast, resolve_precision
-from ..weights.teachers import load_network
+from ..weights.teachers import RECORD_IT, load_network
 
 __all__ = ["EvalConfig", "EvalReport", "latency_rows", "evaluate_checkpoint"]
 
@@ -133,7 +133,7 @@ def evaluate_checkpoint(config: EvalConfig, device: torch.device | None = None,
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = resolve_precision(config.precision, device)
     threads = [torch.get_num_threads()] if config.latency_threads is None else config.latency_threads
-    model, genotype, _ = load_network(config.checkpoint, map_location="cpu")
+    model, genotype, _ = load_network(config.checkpoint, map_location="cpu", unnamed=RECORD_IT)
     model = model.to(device, memory_format=torch.channels_last).eval()
     workers = default_loader_workers() if loader_workers is None else loader_workers
     test = load_split(config.data_dir, False, genotype.backbone.input_size, workers)

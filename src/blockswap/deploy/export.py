@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from ..space.networks import BlockNetwork
 from ..util.errors import BlockSwapError
 from ..util.rundir import atomic_file
-from ..weights.teachers import load_network
+from ..weights.teachers import RECORD_IT, load_network
 
 __all__ = ["FORMATS", "INPUT_NAME", "OUTPUT_NAME", "ExportReport", "export_checkpoint", "export_network"]
 
@@ -267,7 +267,7 @@ def export_checkpoint(
     """
     _check_settings(fmt, batch_size, tolerance)
     _check_target(out, force, reads=path)  # before the weights are read: a refused --out costs nothing
-    model, genotype, _ = load_network(path, map_location="cpu")
+    model, genotype, _ = load_network(path, map_location="cpu", unnamed=RECORD_IT)
     b = genotype.backbone
     example = torch.randn(_example_batch(batch_size), b.in_channels, b.input_size, b.input_size,
                           generator=torch.Generator().manual_seed(seed + 1))

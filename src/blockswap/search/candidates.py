@@ -65,7 +65,10 @@ def _optional(text: str | None) -> float | None:
 def read_candidates(path: str | Path, backbone: Backbone) -> list[Candidate]:
     """Rows of a candidates.csv in file order; a half-written last line (from an interruption) is ignored."""
     path = Path(path)
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise BlockSwapError(f"{path} is not a candidates table (not text); use a fresh --out directory") from None
     if text and not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
     out = []

@@ -440,7 +440,9 @@ class Palette(Mapping[str, BlockType]):
         return Palette([*self._types.values(), *types])
 
 
-_REGISTRY: Registry[BlockType] = Registry("block type", "register your own with blockswap.register_block_type")
+_REGISTRY: Registry[BlockType] = Registry(
+    "block type", "a plugin's type needs that plugin loaded: blockswap --plugin MODULE_OR_FILE ...; in Python, "
+    "blockswap.register_block_type")
 
 
 def register_block_type(block: BlockType) -> BlockType:

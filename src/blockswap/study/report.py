@@ -69,11 +69,18 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def read_results(out: str | Path) -> list[dict[str, Any]]:
     """The rows of a study's results.csv (numbers as floats, genotype as text)."""
-    path = Path(out) / "results.csv"
+    out = Path(out)
+    path = out / "results.csv"
+    if not out.is_dir():
+        raise BlockSwapError(f"--study {out} is not a folder; name the --out folder of `blockswap study rank`")
     if not path.is_file():
-        raise BlockSwapError(f"{path} not found: run `blockswap study rank` into {out} first")
-    with path.open(newline="") as f:
-        return [{k: v if k == "genotype" else float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        raise BlockSwapError(f"{path} not found: {out} is not a finished `blockswap study rank` folder")
+    try:
+        with path.open(newline="") as f:
+            return [{k: v if k == "genotype" else float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    except (ValueError, TypeError, UnicodeDecodeError):
+        raise BlockSwapError(f"{path} is not a ranking study's results table (a cell that should be a number is "
+                             "not); name the --out folder of `blockswap study rank`") from None
 
 
 def write_report(out_dir: str | Path, resamples: int = 2000) -> dict[str, Any]:

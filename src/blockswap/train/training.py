@@ -289,7 +289,8 @@ def _check_out_dir(out: Path, config: TrainConfig, resume: bool) -> dict[str, An
 
     if not resume and (config_path.exists() or ckpt_path.exists()):
         raise TrainingError(f"{out} already holds a run: pass --resume to continue it, or use a fresh --out")
-    check_recorded(out, "config.json", wanted, normalize, "run", "resume it with its own settings", TrainingError)
+    check_recorded(out, "config.json", wanted, normalize, "run", "resume it with its own settings", TrainingError,
+                   own=(IMAGES_FILE,))
     if not ckpt_path.exists():
         return None
     checkpoint = read_checkpoint(ckpt_path)

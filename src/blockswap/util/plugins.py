@@ -39,6 +39,12 @@ def load_plugin(spec: str) -> None:
         importlib.import_module(name)
     except ImportError as e:
         raise BlockSwapError(f"cannot import plugin {name!r}: {e}") from None
+    except BlockSwapError as e:
+        raise BlockSwapError(f"plugin {spec}: {e}") from None
+    except Exception as e:  # the plugin's own code failed: say so, with what it raised
+        text = " ".join(str(e).split())[:300]
+        raise BlockSwapError(f"plugin {spec} failed while importing: {type(e).__name__}: {text} (rerun with --debug "
+                             "for the traceback)") from e
     if spec not in _LOADED:
         _LOADED.append(spec)
 

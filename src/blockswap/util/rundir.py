@@ -101,17 +101,27 @@ def check_recorded(
     what: str,
     hint: str,
     error: type[BlockSwapError] = BlockSwapError,
+    own: tuple[str, ...] = (),
 ) -> bool:
     """Whether `folder` records a run in `config_name`; a run with other settings is refused (as `error`).
 
     `normalize` turns a recorded config (possibly of an earlier version) into
     the form `wanted` has, so a setting added since reads as its default. The
-    refusal names the settings that differ, then `hint`. Writes nothing.
+    refusal names the settings that differ, then `hint`. A folder without the
+    record must be new or empty (but for hidden names and the files in `own`,
+    which the run writes just before its record): files this run did not write,
+    another command's run or the user's own, are never written over. Writes nothing.
     """
     path = folder / config_name
     if folder.exists() and not folder.is_dir():
         raise BlockSwapError(f"--out {folder} is a file; name a folder")
     if not path.exists():
+        if folder.is_dir():
+            foreign = sorted(e.name for e in os.scandir(folder) if not e.name.startswith(".") and e.name not in own)
+            if foreign:
+                shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+                raise error(f"--out {folder} holds files this {what} did not write ({shown}) and no {config_name}; "
+                            "name a new or empty folder, so nothing there is written over")
         return False
     changes = config_changes(normalize(read_json(path, f"{what} record")), wanted)
     if changes:

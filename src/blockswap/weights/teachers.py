@@ -28,7 +28,11 @@ from .resnet_import import (
     unwrap_module,
 )
 
-__all__ = ["load_network", "load_resnet", "model_backbone", "genotype_of_weights"]
+# What eval and export advise for weights of no known architecture: they have no flag to name one.
+RECORD_IT = ("save it as blockswap train does, with its genotype: {'genotype': genotype.to_dict(), "
+             "'state_dict': model.state_dict()}")
+
+__all__ = ["RECORD_IT", "load_network", "load_resnet", "model_backbone", "genotype_of_weights"]
 
 
 def _describe(genotype: Genotype) -> str:
@@ -41,13 +45,15 @@ def load_network(
     path: str | Path,
     expected: Genotype | None = None,
     map_location: str | torch.device = "cpu",
+    unnamed: str = "name it (e.g. --teacher-model wrn-40-2)",
 ) -> tuple[BlockNetwork, Genotype, dict[str, Any]]:
     """The network stored in `path`, its genotype and the file's dict.
 
     When the file records its genotype and `expected` is given, they must be
     equal. A bare state dict (or a common wrapper of one) is built as
     `expected`, else as the BasicBlock or Bottleneck ResNet its shapes show
-    (`blockswap.weights.resnet_import`), named after the file.
+    (`blockswap.weights.resnet_import`), named after the file; `unnamed` is
+    the advice when it is neither, for the command that read it.
     """
     payload = read_checkpoint(path, map_location)
     if "genotype" in payload and "state_dict" in payload:
@@ -64,7 +70,7 @@ def load_network(
             genotype = expected or genotype_of_weights(state, name=Path(path).stem)
         except BlockSwapError as e:
             raise CheckpointError(f"{path} does not record its architecture and is not a ResNet whose "
-                                  f"layout its weights show ({e}); name it (e.g. --teacher-model wrn-40-2)") from None
+                                  f"layout its weights show ({e}); {unnamed}") from None
     model = genotype.build()
     try:
         model.load_state_dict(state)
