@@ -20,6 +20,7 @@ import threading
 import typing
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -717,6 +718,10 @@ def _one_line(e: BaseException) -> str:
     """What the user reads: our own errors as they are; a file-system error with its path; anything else typed."""
     if isinstance(e, BlockSwapError):
         return str(e)
+    if isinstance(e, BrokenProcessPool):
+        return ("a worker process died, most often killed by the system for lack of memory (a ResNet-50 at batch "
+                "128 takes about 12 GB per worker): rerun the same command with fewer --workers or a smaller "
+                "--batch-size; finished work is kept and resumed")
     if isinstance(e, OSError) and e.strerror:
         where = f": {e.filename}" if e.filename else ""
         return f"{e.strerror}{where}"
