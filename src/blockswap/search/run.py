@@ -222,11 +222,9 @@ def _prepare_out_dir(out: Path, config: SearchConfig, genotypes: list[Genotype],
     per-rank part files by an interrupted sharded search are merged into
     `candidates.csv`, so a rerun with any number of ranks or workers resumes.
     """
-    config_path, csv_path = out / "search.json", out / "candidates.csv"
+    csv_path = out / "candidates.csv"
     if not check_recorded(out, "search.json", asdict(config), _normalized, "search", "use a fresh --out directory",
                           own=(LATENCY_FILE,)):
-        if csv_path.exists():
-            raise BlockSwapError(f"{csv_path} exists but {config_path} does not; use a fresh --out directory")
         if latency is not None and not (out / LATENCY_FILE).exists():
             latency.save(out / LATENCY_FILE)
         record(out, "search.json", asdict(config))

@@ -231,7 +231,8 @@ def sample_genotypes(
             raise BudgetError(
                 f"only {found} of {n} genotypes fell within {tolerance:.1%} of "
                 + " and ".join(w.text(w.target) for w in windows)
-                + f" after {draws:,} draws: widen the tolerance or move the budget")
+                + f" after {draws:,} draws (distinct genotypes run out there): ask for fewer samples, widen the "
+                "tolerance or move the budget")
         remaining = np.stack(np.unravel_index(rng.choice(window.size, size=_CHUNK, p=window), sizes), axis=-1)
         choice = np.empty((_CHUNK, slots), dtype=np.int64)
         for p in range(slots):

@@ -58,6 +58,9 @@ def protocol_row(folder: str | Path, resamples: int = 2000) -> dict[str, Any]:
     if (out / "config.json").exists():  # a study folder with its candidates (running or finished)
         config = StudyConfig.from_dict(read_json(out / "config.json", "study config"))
         runs, seconds, threads = _finished_runs(out, config)
+    elif not (out / "study.json").exists():
+        raise BlockSwapError(f"{out} is not a ranking study folder (no config.json or study.json); name folders "
+                             "that `blockswap study rank` wrote")
     else:  # a committed report without the candidate folders: errors from results.csv, no timings
         config = StudyConfig.from_dict(read_json(out / "study.json", "study report")["config"])
         table = read_results(out)

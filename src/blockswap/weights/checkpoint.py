@@ -52,6 +52,8 @@ def _is_torchscript(path: Path) -> bool:
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The dict stored in a weight file."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; name a weight file in it (a run's last.pt or best.pt)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if _is_torchscript(path):
