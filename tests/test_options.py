@@ -125,7 +125,7 @@ BAD_SETTINGS = [  # (config, setting, a value its declared check refuses, what t
     (TrainConfig, "schedule", "linear", "unknown schedule 'linear'"),
     (TrainConfig, "test_subset", 0, "test_subset must be a positive whole number"),
     (StudyConfig, "batch_size", 0, "batch_size must be a positive whole number"),
-    (StudyConfig, "momentum", float("nan"), "momentum must be non-negative"),
+    (StudyConfig, "momentum", float("nan"), "momentum must be in [0, 1)"),
     (StudyConfig, "tolerance", 2, "tolerance must be a fraction"),
     (StudyConfig, "train_seeds", [], "train_seeds must be one or more whole numbers"),
     (EvalConfig, "latency_batch_sizes", [1, 0], "latency_batch_sizes must be one or more positive whole numbers"),

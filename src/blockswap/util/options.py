@@ -68,6 +68,7 @@ seed_int = Check(lambda v: _whole(v) and 0 <= v < 2**63, "a whole number in [0, 
 positive = Check(lambda v: _real(v) and 0 < v < math.inf, "positive and finite")
 non_negative = Check(lambda v: _real(v) and 0 <= v < math.inf, "non-negative and finite")
 fraction = Check(lambda v: _real(v) and 0 < v < 1, "a fraction in (0, 1)")
+below_one = Check(lambda v: _real(v) and 0 <= v < 1, "in [0, 1): 1 or more makes SGD diverge")
 fraction_or_one = Check(lambda v: _real(v) and 0 < v <= 1, "a fraction in (0, 1]")
 json_object = Check(lambda v: isinstance(v, dict) and _json(v), "a dict of JSON values")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .options import non_negative, non_negative_int, option, positive, positive_int
+from .options import below_one, non_negative, non_negative_int, option, positive, positive_int
 
 __all__ = ["SCHEDULES", "PER_STEP_SCHEDULES", "Recipe"]
 
@@ -30,7 +30,7 @@ class Recipe:
         "global minibatch, split across processes (the recipe's: 128 cifar, 256 imagenet)", check=positive_int))
     lr: float = field(default=0.1, metadata=option("initial learning rate, the paper's", check=positive))
     momentum: float = field(default=0.9, metadata=option(
-        "SGD momentum (plain, not Nesterov), the paper's", check=non_negative))
+        "SGD momentum (plain, not Nesterov), the paper's", check=below_one))
     weight_decay: float = field(default=5e-4, metadata=option(
         "weight decay on every parameter (the recipe's: 5e-4 cifar, as the published code; 1e-4 imagenet)",
         check=non_negative))
