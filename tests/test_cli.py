@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from blockswap.cli import main
+from blockswap.cli import _train_resume_hint, main
 
 
 def test_search_on_embedded_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -86,3 +86,11 @@ def test_info_on_a_16_block_csv_names_resnet34(tmp_path: Path, capsys: pytest.Ca
     assert main(["info", str(csv_path), "--model", "resnet34"]) == 0
     table = capsys.readouterr().out
     assert "resnet34, 1000 classes" in table and "params 3,083,176 (3.08M)" in table
+
+
+def test_the_hint_after_an_interrupted_training_run_matches_what_its_folder_holds(tmp_path: Path) -> None:
+    assert _train_resume_hint(tmp_path) == "the run had not started; rerun the same command"
+    (tmp_path / "config.json").write_text("{}")
+    assert "starts again at epoch 1" in _train_resume_hint(tmp_path)
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    assert _train_resume_hint(tmp_path).endswith(f"continue from {tmp_path / 'checkpoint.pt'}")

@@ -174,6 +174,24 @@ def test_bad_settings_are_refused() -> None:
         measure_latency_table(TINY, ["Conv", "Nope"], CPU, progress=False)
 
 
+def test_more_threads_than_cores_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(latency, "usable_cores", lambda: 2)
+    with pytest.raises(BlockSwapError, match="latency threads 3 is more than the 2 CPU cores"):
+        measure_latency_table(TINY, ["Conv"], CPU, threads=3, progress=False)
+    latency.check_threads([1, 2])  # up to the cores is a timing
+
+
+@pytest.mark.parametrize("where", ["a-file", "missing/under-a-file"])
+def test_an_unusable_cache_is_named_before_anything_is_timed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             fake_clock: list[int], where: str) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    target = tmp_path / "a-file" if where == "a-file" else tmp_path / "a-file" / "sub"
+    monkeypatch.setenv(latency.CACHE_ENV, str(target))
+    with pytest.raises(BlockSwapError, match=r"cannot keep latency tables in .*a-file.* set \$BLOCKSWAP_CACHE"):
+        latency_table(TINY, ["Conv"], CPU, progress=False)
+    assert fake_clock == []
+
+
 def test_cli_measures_caches_and_checks(capsys: pytest.CaptureFixture[str], cache: Path) -> None:
     args = ["latency", "--model", "wrn-10-1", "--palette", "Conv,G4B2", "--min-time", "0.002", "--check", "2",
             "--quiet"]

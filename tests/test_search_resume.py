@@ -82,7 +82,7 @@ def test_a_folder_whose_probe_images_changed_is_refused(image_folder: Path, tmp_
     run_search(config, tmp_path / "s", progress=False, workers=1)
     for path in sorted((data / "train").rglob("*.jpg")):  # change every training image: the probe draws some
         Image.fromarray(np.full((40, 40, 3), 7, np.uint8)).save(path)
-    with pytest.raises(BlockSwapError, match=r"probe images of .* differ from those .* was scored on"):
+    with pytest.raises(BlockSwapError, match=r"probe images of .* differ from those .*inputs.json records"):
         run_search(config, tmp_path / "s", progress=False, workers=1)
 
 

@@ -340,6 +340,15 @@ def _check_baseline_flags(args: argparse.Namespace, has_teacher: bool) -> None:
         raise BlockSwapError("name the student: --genotype, --model, --all, --random or --prune")
 
 
+def _train_resume_hint(out: Path) -> str:
+    """How to go on after an interrupted training run, from what its folder holds."""
+    if (out / "checkpoint.pt").is_file():
+        return f"add --resume to the same command to continue from {out / 'checkpoint.pt'}"
+    if (out / "config.json").is_file():
+        return "add --resume to the same command to continue (no epoch had finished: it starts again at epoch 1)"
+    return "the run had not started; rerun the same command"
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     if args.kind == "teacher":
         genotype = _resolve_genotype(args.genotype or args.model, None, 0, args.num_classes)
@@ -359,13 +368,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                                           read_checkpoint(args.teacher)) else None,
             prune=args.prune, prune_budget=args.budget if args.prune else None, **values(args, TrainConfig))
     config.validate()
+    out = Path(args.out)
+    if args.resume and not (out / "config.json").is_file():
+        raise BlockSwapError(f"--resume: {out} holds no run to continue (no config.json); leave out --resume to "
+                             "start one there")
     place = setup_distributed(_device(args.device))
     try:
-        final = train(config, args.out, resume=args.resume, device=place.device, progress=not args.quiet,
+        final = train(config, out, resume=args.resume, device=place.device, progress=not args.quiet,
                       group=place.group, loader_workers=args.loader_workers)
     except KeyboardInterrupt as e:
-        print(f"blockswap: interrupted; add --resume to the same command to continue from {args.out}/checkpoint.pt",
-              file=sys.stderr)
+        print(f"blockswap: interrupted; {_train_resume_hint(out)}", file=sys.stderr)
         return _interrupted_code(e)
     finally:
         place.close()
@@ -719,9 +731,9 @@ def _one_line(e: BaseException) -> str:
     if isinstance(e, BlockSwapError):
         return str(e)
     if isinstance(e, BrokenProcessPool):
-        return ("a worker process died, most often killed by the system for lack of memory (a ResNet-50 at batch "
-                "128 takes about 12 GB per worker): rerun the same command with fewer --workers or a smaller "
-                "--batch-size; finished work is kept and resumed")
+        return ("a worker process died, most often killed by the system for lack of memory (scoring a ResNet-50 "
+                "at batch 128 peaked at about 20 GB in one worker): rerun the same command with fewer --workers or a "
+                "smaller --batch-size; finished work is kept and resumed")
     if isinstance(e, OSError) and e.strerror:
         where = f": {e.filename}" if e.filename else ""
         return f"{e.strerror}{where}"

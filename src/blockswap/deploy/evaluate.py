@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import load_split
+from ..data import first_images, load_split
 from ..data.imagefolder import check_classes, default_loader_workers
-from ..space.latency import DEFAULT_MIN_TIME, device_name, time_network
+from ..space.latency import DEFAULT_MIN_TIME, check_threads, device_name, time_network
 from ..train.pruning import nonzero_params
 from ..train.training import error_sums
 from ..util.options import (
@@ -133,13 +133,13 @@ def evaluate_checkpoint(config: EvalConfig, device: torch.device | None = None,
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = resolve_precision(config.precision, device)
     threads = [torch.get_num_threads()] if config.latency_threads is None else config.latency_threads
+    check_threads(config.latency_threads or [])
     model, genotype, _ = load_network(config.checkpoint, map_location="cpu", unnamed=RECORD_IT)
     model = model.to(device, memory_format=torch.channels_last).eval()
     workers = default_loader_workers() if loader_workers is None else loader_workers
     test = load_split(config.data_dir, False, genotype.backbone.input_size, workers)
     check_classes(genotype.backbone, test, config.data_dir)
-    if config.test_subset is not None:
-        test = test.subset(config.test_subset)
+    test = first_images(test, config.test_subset, "--test-subset", config.data_dir)
     loss, errors, n = error_sums(model, test.to(device), config.batch_size, precision, channels_last=True).tolist()
     return EvalReport(
         checkpoint=config.checkpoint,

@@ -67,8 +67,8 @@ def check_inputs(out: Path, inputs: dict[str, Any], data_dir: str | None, model:
                              f"{str(saved.get('model_sha256'))[:12]} -> {str(inputs['model_sha256'])[:12]}); "
                              f"restore that file or {_FRESH}")
     if saved.get("probe_images_sha256") != inputs["probe_images_sha256"]:
-        raise BlockSwapError(f"the probe images of {data_dir} differ from those {out} was scored on (images were "
-                             f"added, removed or changed since); restore them or {_FRESH}")
+        raise BlockSwapError(f"the probe images of {data_dir} differ from those {path} records (images were "
+                             f"added, removed or changed since, or that file was edited); restore them or {_FRESH}")
 
 
 def same_score(a: float | None, b: float | None) -> bool:

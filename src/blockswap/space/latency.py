@@ -40,13 +40,15 @@ from tqdm.auto import tqdm
 
 from ..util.errors import BlockSwapError
 from ..util.rundir import read_json, write_json_atomic
+from ..util.system import usable_cores
 from .backbones import Backbone
 from .blocks import block_type, init_weights
 from .genotype import Genotype
 from .networks import PostActBlock, PreActBlock, build_skeleton
 
 __all__ = ["LatencyTable", "LatencyCheck", "CACHE_ENV", "DEFAULT_MIN_TIME", "cache_dir", "device_name",
-           "parse_ms", "time_call", "time_network", "measure_latency_table", "latency_table", "check_latency_table"]
+           "check_threads", "parse_ms", "time_call", "time_network", "measure_latency_table", "latency_table",
+           "check_latency_table"]
 
 CACHE_ENV = "BLOCKSWAP_CACHE"
 DEFAULT_MIN_TIME = 0.1  # seconds each timing runs for (after its warm-up)
@@ -245,6 +247,18 @@ def _fixed_ms(backbone: Backbone, device: torch.device, batch_size: int, threads
                      + time_call(_eval_call(net.forward_head, head_in), threads, min_time))
 
 
+def check_threads(threads: Iterable[int]) -> None:
+    """Refuse a timing thread count that is not a positive whole number, or above this machine's usable cores:
+    more threads than cores time their contention, not the network."""
+    cores = usable_cores()
+    for n in threads:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise BlockSwapError(f"latency threads must be a positive whole number, got {n!r}")
+        if n > cores:
+            raise BlockSwapError(f"latency threads {n} is more than the {cores} CPU cores this process may use; time "
+                                 f"with at most {cores} (more threads than cores measure their contention)")
+
+
 def measure_latency_table(
     backbone: Backbone,
     types: Iterable[str],
@@ -261,8 +275,7 @@ def measure_latency_table(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise BlockSwapError(f"latency batch size must be a positive whole number, got {batch_size!r}")
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise BlockSwapError(f"latency threads must be a positive whole number, got {threads!r}")
+    check_threads([threads])
     names = list(dict.fromkeys(types))
     for name in names:
         block_type(name)
@@ -321,6 +334,13 @@ def latency_table(
     names = list(types)
     if known is not None and all(n in known.ms for n in names):
         return known, path
+    try:  # before measuring: minutes of timings would otherwise end in an error about the folder
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path.parent, os.W_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as e:
+        raise BlockSwapError(f"cannot keep latency tables in {path.parent} ({e.strerror}): set ${CACHE_ENV} to a "
+                             "folder you can write") from e
     table = measure_latency_table(backbone, names, device, batch_size, threads, min_time, progress, known)
     table.save(path)
     return table, path

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as torch_dist
 from tqdm.auto import tqdm
 
-from ..data import probe_images
+from ..data import check_subsets, probe_images
 from ..data.imagefolder import check_classes
 from ..search.pool import require_registered, user_modules
 from ..space.genotype import Genotype
@@ -84,6 +84,7 @@ def claim_out_dir(out: Path, config: CohortConfig, what: str) -> None:
     folder behind to refuse the corrected command."""
     backbone = config.backbone()
     check_classes(backbone, probe_images(config.data_dir, backbone.input_size), config.data_dir)
+    check_subsets(config.data_dir, backbone.input_size, config.train_subset, config.test_subset)
     if not check_recorded(out, "config.json", asdict(config), partial(recorded_form, type(config)), what,
                           "use a fresh --out directory"):
         record(out, "config.json", asdict(config))
