@@ -289,3 +289,29 @@ def test_goodbad_refuses_bad_input(tmp_path: Path) -> None:
     (folder / "results.csv").write_text("index,test_error_pct\n0,1.0\n")
     with pytest.raises(BlockSwapError, match="no genotype column"):
         study_goodbad(folder)
+
+
+def test_goodbad_of_a_comparison_splits_the_random_students_of_one_budget(tmp_path: Path) -> None:
+    """study compare's random students at 40K and 60K: pooled, the 60K ones would all look good."""
+    genotypes, errors = _pool()
+    folder = tmp_path / "compare"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model": "wrn-16-1", "data_dir": "x"}))
+    lines = ["name,group,genotype,params,test_error_pct", "blockswap-40K,blockswap," + " ".join(["G4B2"] * 6) + ",1,9"]
+    lines += [f"random-40K-{i},random,{' '.join(g)},1,{'' if math.isnan(e) else e}"
+              for i, (g, e) in enumerate(zip(genotypes, errors))]
+    lines += [f"random-60K-{i},random," + " ".join(["Conv"] * 6) + f",1,{1.0 + 0.1 * i}" for i in range(5)]
+    (folder / "results.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(BlockSwapError, match=r"random students at 2 budgets \(40K, 60K\): give --budget"):
+        study_goodbad(folder)
+    with pytest.raises(BlockSwapError, match="no random students at 50K; its budgets: 40K, 60K"):
+        study_goodbad(folder, budget=50_000)
+    result = study_goodbad(folder, budget=40_000)
+    assert result["students"] == 20  # the 40K ones with an error: the 60K ones and the pick stay out
+    assert [g["label"] for g in result["good"]] == [f"random-40K-{i}" for i in sorted(GOOD)]
+    assert [g["label"] for g in result["bad"]] == ["random-40K-12", "random-40K-7"]
+    md = (folder / "goodbad.md").read_text()
+    assert "group 'random' at 40K" in md and "--budget 40K" in md
+    _write_study(tmp_path / "mixing", with_group=True)
+    with pytest.raises(BlockSwapError, match="leave it out"):
+        study_goodbad(tmp_path / "mixing", budget=40_000)

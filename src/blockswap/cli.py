@@ -565,6 +565,8 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
                          "the worst bad genotype; writes goodbad.csv, goodbad.md, good.png and bad.png there.")
     g.add_argument("--study", required=True, type=Path, help="folder of a finished study")
     g.add_argument("--sd", type=float, default=2.0, help="standard deviations from the mean (default: 2, the paper's)")
+    g.add_argument("--budget", type=argparse_type(parse_budget), help="of a study compare with random students at "
+                   "several budgets: the budget whose students are split (errors differ by budget)")
     g.set_defaults(func=_cmd_study_goodbad)
 
 
@@ -611,7 +613,7 @@ def _cmd_cohort_study(args: argparse.Namespace) -> int:
 
 
 def _cmd_study_goodbad(args: argparse.Namespace) -> int:
-    report = study_goodbad(args.study, args.sd)
+    report = study_goodbad(args.study, args.sd, args.budget)
     print("\n".join(report["summary"]))
     return 0
 

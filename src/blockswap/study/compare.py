@@ -45,7 +45,7 @@ from ..space.genotype import Genotype, load_genotype
 from ..space.sampling import sample_genotypes
 from ..train.pruning import PRUNE_METHODS
 from ..train.training import EVAL_BATCH, ONE_PROCESS, DivergedError, TrainConfig, error_sums, train
-from ..util.counts import format_count, parse_budget
+from ..util.counts import budget_text, format_count, parse_budget
 from ..util.distributed import on_rank0, rank0_first
 from ..util.errors import BlockSwapError
 from ..util.options import comma_separated, from_record, non_negative_int, option, positive_int
@@ -75,14 +75,6 @@ _WRN = re.compile(r"wrn-(\d+)-(\d+)")
 def _budgets(text: str) -> list[int]:
     """'200k,400k' -> [200000, 400000]: the --budgets option."""
     return [parse_budget(b) for b in comma_separated(text)]
-
-
-def budget_text(n: int) -> str:
-    """A budget as short, exact, folder-safe text: 200000 -> '200K', 25500 -> '25.5K', 1500000 -> '1.5M'."""
-    for scale, suffix in ((1_000_000, "M"), (1_000, "K")):
-        if n >= scale:
-            return f"{n / scale:.6f}".rstrip("0").rstrip(".") + suffix
-    return str(n)
 
 
 def _distinct(names: list[Any], what: str) -> None:

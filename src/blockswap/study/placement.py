@@ -38,7 +38,7 @@ import torch.distributed as torch_dist
 from ..space.backbones import Backbone, get_backbone
 from ..space.blocks import block_type, has_block_type, registered_block_types
 from ..space.genotype import Genotype
-from ..util.counts import format_count
+from ..util.counts import budget_text, format_count
 from ..util.distributed import on_rank0
 from ..util.errors import BlockSwapError
 from ..util.options import check_fields, from_record, option
@@ -320,14 +320,38 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
     return rows
 
 
-def _used_rows(rows: list[dict[str, str]]) -> tuple[list[dict[str, str]], str]:
-    """The students a good/bad split is over: group 'mixed' (study mixing), else 'random' (study compare), else all."""
-    if "group" in rows[0]:
-        for group, source in (("mixed", "study mixing"), ("random", "study compare")):
-            chosen = [r for r in rows if r["group"] == group]
-            if chosen:
-                return chosen, f"the {len(chosen)} students of group {group!r} ({source}'s random genotypes)"
+def _used_rows(rows: list[dict[str, str]], budget: int | None = None) -> tuple[list[dict[str, str]], str]:
+    """The students a good/bad split is over: group 'mixed' (study mixing), else 'random' (study compare) of one
+    budget (`budget`, needed when the comparison drew random students at several), else all."""
+    groups = [r.get("group") for r in rows]
+    if "random" in groups and "mixed" not in groups:
+        return _one_budget([r for r in rows if r["group"] == "random"], budget)
+    if budget is not None:
+        raise BlockSwapError("--budget picks the random students of one budget of a study compare; this study has "
+                             "one set of students: leave it out")
+    if "mixed" in groups:
+        mixed = [r for r in rows if r["group"] == "mixed"]
+        return mixed, f"the {len(mixed)} students of group 'mixed' (study mixing's random genotypes)"
     return rows, f"all {len(rows)} students"
+
+
+def _one_budget(random: list[dict[str, str]], budget: int | None) -> tuple[list[dict[str, str]], str]:
+    """study compare's random students (named random-<budget>-<i>) at one budget: errors at different budgets
+    differ by the budget, so a split over them would call the larger networks good."""
+    by_budget: dict[str, list[dict[str, str]]] = {}
+    for r in random:
+        by_budget.setdefault(r["name"].rsplit("-", 1)[0].removeprefix("random-"), []).append(r)
+    if budget is None and len(by_budget) == 1:
+        [(text, chosen)] = by_budget.items()
+    elif budget is None:
+        raise BlockSwapError(f"the study has random students at {len(by_budget)} budgets ({', '.join(by_budget)}): "
+                             f"give --budget to split one of them (e.g. --budget {next(iter(by_budget))})")
+    else:
+        text = budget_text(budget)
+        if text not in by_budget:
+            raise BlockSwapError(f"the study has no random students at {text}; its budgets: {', '.join(by_budget)}")
+        chosen = by_budget[text]
+    return chosen, f"the {len(chosen)} students of group 'random' at {text} (study compare's random genotypes)"
 
 
 def _error(text: str) -> float:
@@ -345,9 +369,10 @@ def _capacity(backbone: Backbone, position: int, name: str) -> float:
         s.c_in, s.c_out, s.stride, post)
 
 
-def study_goodbad(study_dir: str | Path, sd: float = 2.0) -> dict[str, Any]:
+def study_goodbad(study_dir: str | Path, sd: float = 2.0, budget: int | None = None) -> dict[str, Any]:
     """Block types and positions of the "good" and "bad" students of a finished study (error more than `sd`
-    standard deviations below / above the mean); writes goodbad.csv, goodbad.md, good.png and bad.png."""
+    standard deviations below / above the mean; of a study compare, its random students at `budget`); writes
+    goodbad.csv, goodbad.md, good.png and bad.png."""
     from ..space.drawing import plot_genotype
 
     require_extra()
@@ -359,7 +384,7 @@ def study_goodbad(study_dir: str | Path, sd: float = 2.0) -> dict[str, Any]:
     if not isinstance(model, str):
         raise BlockSwapError(f"{folder / 'config.json'} names no model: give --study a finished study folder")
     backbone = get_backbone(model)
-    used, source = _used_rows(rows)
+    used, source = _used_rows(rows, budget)
     students, other_model, diverged = [], 0, 0
     for i, r in enumerate(used):
         blocks = tuple(r["genotype"].split())
@@ -398,7 +423,8 @@ def study_goodbad(study_dir: str | Path, sd: float = 2.0) -> dict[str, Any]:
             png.unlink(missing_ok=True)  # an earlier run's picture at another --sd would be taken for this one's
     stats = {"mean_error_pct": mean, "sd_error_pct": spread, "good_below_pct": mean - sd * spread,
              "bad_above_pct": mean + sd * spread}
-    command = shlex.join(["blockswap", "study", "goodbad", "--study", str(folder), "--sd", f"{sd:g}"])
+    command = shlex.join(["blockswap", "study", "goodbad", "--study", str(folder), "--sd", f"{sd:g}",
+                          *(["--budget", budget_text(budget)] if budget is not None else [])])
     write_text_atomic(folder / "goodbad.md", _goodbad_markdown(command, model, backbone, source, sd, stats, sets,
                                                                counts, drawn, other_model, diverged))
     summary = [f"{len(students)} students, error {mean:.2f} ± {spread:.2f}%: {len(sets['good'])} good (< "

@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import BlockSwapError
 
-__all__ = ["BudgetError", "parse_count", "parse_budget", "format_count", "whole_number"]
+__all__ = ["BudgetError", "parse_count", "parse_budget", "format_count", "budget_text", "whole_number"]
 
 _SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
 
@@ -57,3 +57,11 @@ def whole_number(value: Any, what: str, low: int = 1) -> int:
     if value < low:
         raise BlockSwapError(f"{what} must be at least {low}, got {value}")
     return value
+
+
+def budget_text(n: int) -> str:
+    """A budget as short, exact, folder-safe text: 200000 -> '200K', 25500 -> '25.5K', 1500000 -> '1.5M'."""
+    for scale, suffix in ((1_000_000, "M"), (1_000, "K")):
+        if n >= scale:
+            return f"{n / scale:.6f}".rstrip("0").rstrip(".") + suffix
+    return str(n)
