@@ -68,21 +68,6 @@ def test_a_rerun_trains_nothing(trained: Path, cifar_root: Path, monkeypatch: py
     train_cohort(_config(cifar_root), STUDENTS, trained, progress=False)
 
 
-def test_a_cohort_committed_without_weights_resumes_on_a_machine_with_cifar10_elsewhere(
-        trained: Path, cifar_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    kept = tmp_path / "kept"
-    claim_out_dir(kept, _config(cifar_root), "cohort")  # config.json, as a study records it before training
-    shutil.copytree(trained / "students", kept / "students", ignore=shutil.ignore_patterns("*.pt"))
-    here = tmp_path / "cifar-here"
-    here.symlink_to(cifar_root, target_is_directory=True)
-    monkeypatch.setattr(cohort_module, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
-    claim_out_dir(kept, _config(here), "cohort")
-    train_cohort(_config(here), STUDENTS, kept, progress=False)
-    assert cohort_rows(_config(here), STUDENTS, kept) == cohort_rows(_config(cifar_root), STUDENTS, trained)
-    with pytest.raises(BlockSwapError, match="holds a different cohort .*epochs"):
-        claim_out_dir(kept, _config(here, epochs=2), "cohort")
-
-
 def test_a_finished_run_of_another_student_is_refused(trained: Path, cifar_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "edited"
     shutil.copytree(trained, out)

@@ -212,16 +212,3 @@ def test_missing_folder_downloads_from_mirror(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr("blockswap.data.cifar.CIFAR10_MD5", md5)
     test = load_cifar10(tmp_path / "fresh", train=False)
     assert len(test) == 2 and (tmp_path / "fresh" / "cifar-10-batches-py" / "data_batch_5").is_file()
-
-
-def test_a_moved_cifar10_is_the_same_data_but_a_moved_image_folder_is_not(tmp_path: Path) -> None:
-    from blockswap.data import moved_data
-
-    saved = {"data_dir": "/elsewhere/cifar10", "lr": 0.1}
-    assert moved_data(saved, {"data_dir": str(tmp_path), "lr": 0.2}) == {"data_dir": str(tmp_path), "lr": 0.1}
-    (tmp_path / "folder" / "train").mkdir(parents=True)  # an image folder: its path is part of the record
-    assert moved_data(saved, {"data_dir": str(tmp_path / "folder")}) == saved
-    assert moved_data({"data_dir": str(tmp_path / "folder")}, {"data_dir": str(tmp_path)})["data_dir"] == str(
-        tmp_path / "folder")
-    assert moved_data({"data_dir": None}, {"data_dir": str(tmp_path)}) == {"data_dir": None}  # the embedded sample
-    assert moved_data([1], {"data_dir": "x"}) == [1]  # not a record: compared as it is

@@ -1,16 +1,15 @@
 """Training and test images: CIFAR-10 (`cifar`) or an image folder (`imagefolder`), and the dispatch
 between them (`load_split`, `probe_images`, `first_images`, `check_subsets`) that the search, training and
-evaluation call, and `moved_data`: where a recorded run's data may have moved to."""
+evaluation call."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from .cifar import ImageSet, load_cifar10, load_embedded_sample
 from .imagefolder import DataError, FolderSplit, is_image_folder, open_image_folder
 
-__all__ = ["probe_images", "load_split", "first_images", "check_subsets", "moved_data"]
+__all__ = ["probe_images", "load_split", "first_images", "check_subsets"]
 
 
 def load_split(data_dir: str | Path, train: bool, size: int, workers: int = 0) -> ImageSet | FolderSplit:
@@ -45,16 +44,3 @@ def check_subsets(data_dir: str | Path, size: int, train: int | None, test: int 
         first_images(load_split(data_dir, True, size), train, "--train-subset", data_dir)
     if test is not None:
         first_images(load_split(data_dir, False, size), test, "--test-subset", data_dir)
-
-
-def moved_data(saved: Any, wanted: dict[str, Any]) -> Any:
-    """A recorded config (`saved`) with its `data_dir` read as `wanted`'s when both name CIFAR-10, wherever it lies:
-    its files are MD5-checked whenever read, so the path is only where they are, and a run or study copied to
-    another machine resumes there. An image folder must stay at its recorded path (its run checks its manifest)."""
-    if not isinstance(saved, dict):
-        return saved
-    recorded, given = saved.get("data_dir"), wanted.get("data_dir")
-    if (isinstance(recorded, str) and isinstance(given, str) and recorded != given and not is_image_folder(given)
-            and not is_image_folder(recorded)):
-        return {**saved, "data_dir": given}
-    return saved

@@ -24,7 +24,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -33,7 +32,7 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..data import moved_data, probe_images
+from ..data import probe_images
 from ..data.imagefolder import check_classes
 from ..scoring.proxies import PROXIES  # noqa: F401  (registers the proxies, so a search can name them)
 from ..scoring.scorer import make_scorer, scorer_names
@@ -207,12 +206,10 @@ def _part_path(out: Path, rank: int) -> Path:
     return out / f"candidates.rank{rank}.csv"
 
 
-def _normalized(wanted: dict[str, Any], saved: Any) -> dict[str, Any]:
-    """A recorded search config as SearchConfig records it now, its CIFAR-10 wherever it lies here (`moved_data`;
-    inputs.json still checks the probe images' bytes)."""
+def _normalized(saved: Any) -> dict[str, Any]:
     if isinstance(saved, dict) and "screen" not in saved:  # recorded before screening existed: unscreened
         saved = {**saved, "screen": False}
-    return recorded_form(SearchConfig, moved_data(saved, wanted))
+    return recorded_form(SearchConfig, saved)
 
 
 def _prepare_out_dir(out: Path, config: SearchConfig, genotypes: list[Genotype], latency: LatencyTable | None,
@@ -226,12 +223,11 @@ def _prepare_out_dir(out: Path, config: SearchConfig, genotypes: list[Genotype],
     `candidates.csv`, so a rerun with any number of ranks or workers resumes.
     """
     csv_path = out / "candidates.csv"
-    wanted = asdict(config)
-    if not check_recorded(out, "search.json", wanted, partial(_normalized, wanted), "search",
-                          "use a fresh --out directory", own=(LATENCY_FILE,)):
+    if not check_recorded(out, "search.json", asdict(config), _normalized, "search", "use a fresh --out directory",
+                          own=(LATENCY_FILE,)):
         if latency is not None and not (out / LATENCY_FILE).exists():
             latency.save(out / LATENCY_FILE)
-        record(out, "search.json", wanted)
+        record(out, "search.json", asdict(config))
     check_inputs(out, inputs, config.data_dir, config.model, LATENCY_FILE)
     parts = sorted(out.glob("candidates.rank*.csv"))
     done: dict[int, Candidate] = {}

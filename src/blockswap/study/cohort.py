@@ -31,17 +31,17 @@ import torch
 import torch.distributed as torch_dist
 from tqdm.auto import tqdm
 
-from ..data import check_subsets, moved_data, probe_images
+from ..data import check_subsets, probe_images
 from ..data.imagefolder import check_classes
 from ..search.pool import require_registered, user_modules
 from ..space.genotype import Genotype
-from ..train.training import ONE_PROCESS, DivergedError, TrainConfig, moved_teacher, train
+from ..train.training import ONE_PROCESS, DivergedError, TrainConfig, train
 from ..util.errors import BlockSwapError
-from ..util.options import command_args
+from ..util.options import command_args, recorded_form
 from ..util.rundir import check_recorded, config_changes, read_json, record, write_json_atomic, write_text_atomic
 from ..util.system import usable_cores
 from ..util.workers import WorkerPool
-from .config import CohortConfig, final_error, recorded_study, run_finished
+from .config import CohortConfig, final_error, run_finished
 
 __all__ = ["Student", "student_dir", "claim_out_dir", "train_cohort", "cohort_rows", "write_cohort_csv",
            "cohort_ceiling", "study_command"]
@@ -85,11 +85,9 @@ def claim_out_dir(out: Path, config: CohortConfig, what: str) -> None:
     backbone = config.backbone()
     check_classes(backbone, probe_images(config.data_dir, backbone.input_size), config.data_dir)
     check_subsets(config.data_dir, backbone.input_size, config.train_subset, config.test_subset)
-    wanted = asdict(config)
-    normalize = partial(recorded_study, type(config), wanted)
-    if not check_recorded(out, "config.json", wanted, normalize, what, "use a fresh --out directory"):
-        record(out, "config.json", wanted)
-
+    if not check_recorded(out, "config.json", asdict(config), partial(recorded_form, type(config)), what,
+                          "use a fresh --out directory"):
+        record(out, "config.json", asdict(config))
 
 
 def study_command(kind: str, config: CohortConfig, out: Path) -> str:
@@ -109,9 +107,8 @@ def _check_finished(run: Path, wanted: TrainConfig) -> None:
     """A finished run must be the one this cohort asks for: refuse a folder that holds another student's run."""
     if (run / "failed.json").exists() and not (run / "config.json").exists():
         return
+    saved = TrainConfig.from_dict(read_json(run / "config.json", "training config")).record()
     expected = wanted.record()
-    saved = moved_teacher(moved_data(TrainConfig.from_dict(read_json(run / "config.json", "training config")).record(),
-                                     expected), expected)
     for settings in (saved, expected):
         settings.pop("teacher_sha256", None)  # filled in when the run started; train() checks it on resume
     changes = config_changes(saved, expected)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from ..data import first_images, load_split, moved_data
+from ..data import first_images, load_split
 from ..scoring.importance import prunable_weights
 from ..search.run import SearchConfig, run_search
 from ..space.backbones import Backbone, get_backbone
@@ -263,9 +263,8 @@ def _train_teacher(config: CompareConfig, out: Path, device: str | torch.device,
     """Train the teacher into out/teacher/ (resuming it), or check the finished run is this study's teacher."""
     run, wanted = _teacher_dir(out), _teacher_config(config)
     if (run / "final.json").exists():
-        expected = wanted.record()
-        saved = TrainConfig.from_dict(read_json(run / "config.json", "training config")).record()
-        changes = config_changes(moved_data(saved, expected), expected)
+        changes = config_changes(TrainConfig.from_dict(read_json(run / "config.json", "training config")).record(),
+                                 wanted.record())
         if changes:
             raise BlockSwapError(f"{run} holds another teacher run than this study asks for ({changes}); move it "
                                  "away to train it again")

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data import moved_data
 from ..scoring.scorer import scorer_info, scorer_names
 from ..space.backbones import Backbone, get_backbone
 from ..space.genotype import Genotype
@@ -17,21 +16,11 @@ from ..space.sampling import DEFAULT_TOLERANCE, sample_genotypes
 from ..train.training import TrainConfig
 from ..util.counts import parse_budget
 from ..util.errors import BlockSwapError
-from ..util.options import (
-    check_fields,
-    comma_separated,
-    each,
-    fraction,
-    from_record,
-    option,
-    positive_int,
-    recorded_form,
-    seed_int,
-)
+from ..util.options import check_fields, comma_separated, each, fraction, from_record, option, positive_int, seed_int
 from ..util.recipe import Recipe
 from ..util.rundir import read_json
 
-__all__ = ["CohortConfig", "StudyConfig", "parse_proxy", "trained_indices", "recorded_study", "DEFAULT_PROXIES"]
+__all__ = ["CohortConfig", "StudyConfig", "parse_proxy", "trained_indices", "DEFAULT_PROXIES"]
 
 DEFAULT_PROXIES = ("fisher", "fisher_convs", "grad_norm", "snip", "grasp", "synflow", "naswot", "jacob_cov", "l2",
                    "params", "macs", "fisher@1", "fisher@10", "grad_norm@1", "grad_norm@10", "l2@1", "l2@10",
@@ -235,9 +224,3 @@ def final_error(run: Path, genotype: Genotype | None = None) -> float:
                              "network, or an error outside 0-100): it was edited or copied; move the folder away "
                              "to train it again")
     return float(error)  # type: ignore[arg-type]
-
-
-def recorded_study(cls: type, wanted: dict[str, Any], saved: Any) -> Any:
-    """A study's recorded config as `cls` records it now, its CIFAR-10 wherever it lies here (`moved_data`): a
-    study committed on one machine resumes on another."""
-    return recorded_form(cls, moved_data(saved, wanted))

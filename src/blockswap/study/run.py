@@ -48,6 +48,7 @@ from ..search.pool import build_candidate, require_registered, user_modules
 from ..space.genotype import Genotype
 from ..train.training import ONE_PROCESS, DivergedError, train
 from ..util.distributed import on_rank0, rank0_first
+from ..util.options import recorded_form
 from ..util.rundir import check_recorded, record, write_json_atomic
 from ..util.system import usable_cores
 from ..util.workers import WorkerPool
@@ -57,7 +58,6 @@ from .config import (
     candidate_done,
     groups_path,
     parse_proxy,
-    recorded_study,
     require_extra,
     run_finished,
     trained_indices,
@@ -225,7 +225,6 @@ def _choose_groups(config: StudyConfig, out: Path, workers: int, device: str | t
 
 def _prepare_out_dir(out: Path, config: StudyConfig) -> None:
     """Record config.json in a new folder, or check that the folder's study is this one."""
-    wanted = asdict(config)
-    if not check_recorded(out, "config.json", wanted, partial(recorded_study, StudyConfig, wanted), "study",
+    if not check_recorded(out, "config.json", asdict(config), partial(recorded_form, StudyConfig), "study",
                           "use a fresh --out directory"):
-        record(out, "config.json", wanted)
+        record(out, "config.json", asdict(config))

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ..data import first_images, load_split, moved_data
+from ..data import first_images, load_split
 from ..data.cifar import ImageSet
 from ..data.imagefolder import FolderSplit, check_classes, default_loader_workers
 from ..space.backbones import Backbone
@@ -269,18 +269,6 @@ def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
 _CHECKPOINT_KEYS = ("state_dict", "optimizer", "scheduler", "history", "torch_rng", "masks")
 
 
-def moved_teacher(saved: Any, wanted: dict[str, Any]) -> Any:
-    """A recorded training config with its teacher path read as `wanted`'s when the file there is the teacher the
-    run recorded (same SHA-256): a study's own teacher, recorded by absolute path, moves with the study."""
-    if not isinstance(saved, dict):
-        return saved
-    recorded, given, digest = saved.get("teacher"), wanted.get("teacher"), saved.get("teacher_sha256")
-    if (isinstance(recorded, str) and isinstance(given, str) and recorded != given and isinstance(digest, str)
-            and Path(given).is_file() and (wanted.get("teacher_sha256") or file_digest(given, "sha256")) == digest):
-        return {**saved, "teacher": given}
-    return saved
-
-
 def _check_out_dir(out: Path, config: TrainConfig, resume: bool) -> dict[str, Any] | None:
     """Refuse a folder that holds another run (or this one without `resume`); the checkpoint to resume, if any.
 
@@ -297,7 +285,7 @@ def _check_out_dir(out: Path, config: TrainConfig, resume: bool) -> dict[str, An
             return saved if isinstance(saved, dict) else {}  # compared as it is: the changes name what differs
         if saved.get("teacher_sha256") is None:  # recorded by earlier versions without the hash
             saved["teacher_sha256"] = wanted["teacher_sha256"]
-        return moved_teacher(moved_data(saved, wanted), wanted)
+        return saved
 
     if not resume and (config_path.exists() or ckpt_path.exists()):
         raise TrainingError(f"{out} already holds a run: pass --resume to continue it, or use a fresh --out")
