@@ -68,6 +68,15 @@ def test_a_rerun_trains_nothing(trained: Path, cifar_root: Path, monkeypatch: py
     train_cohort(_config(cifar_root), STUDENTS, trained, progress=False)
 
 
+def test_a_cohort_at_another_data_path_is_refused_with_the_recorded_path_to_link(cifar_root: Path,
+                                                                                 tmp_path: Path) -> None:
+    claim_out_dir(tmp_path / "study", _config(cifar_root), "cohort")
+    here = tmp_path / "cifar-here"
+    here.symlink_to(cifar_root, target_is_directory=True)
+    with pytest.raises(BlockSwapError, match=f"give --data-dir {cifar_root} as recorded: a link there to your copy"):
+        claim_out_dir(tmp_path / "study", _config(here), "cohort")
+
+
 def test_a_finished_run_of_another_student_is_refused(trained: Path, cifar_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "edited"
     shutil.copytree(trained, out)

@@ -312,6 +312,9 @@ def test_goodbad_of_a_comparison_splits_the_random_students_of_one_budget(tmp_pa
     assert [g["label"] for g in result["bad"]] == ["random-40K-12", "random-40K-7"]
     md = (folder / "goodbad.md").read_text()
     assert "group 'random' at 40K" in md and "--budget 40K" in md
+    (folder / "results.csv").write_text("\n".join(line for line in lines if ",random," not in line) + "\n")
+    with pytest.raises(BlockSwapError, match="trained no random students to split"):
+        study_goodbad(folder)
     _write_study(tmp_path / "mixing", with_group=True)
     with pytest.raises(BlockSwapError, match="leave it out"):
         study_goodbad(tmp_path / "mixing", budget=40_000)

@@ -1,5 +1,5 @@
 """Training and test images: CIFAR-10 (`cifar`) or an image folder (`imagefolder`), and the dispatch
-between them (`load_split`, `probe_images`, `first_images`, `check_subsets`) that the search, training and
+between them (`load_split`, `probe_images`, `take_subset`, `check_subsets`) that the search, training and
 evaluation call."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 from .cifar import ImageSet, load_cifar10, load_embedded_sample
 from .imagefolder import DataError, FolderSplit, is_image_folder, open_image_folder
 
-__all__ = ["probe_images", "load_split", "first_images", "check_subsets"]
+__all__ = ["probe_images", "load_split", "take_subset", "check_subsets"]
 
 
 def load_split(data_dir: str | Path, train: bool, size: int, workers: int = 0) -> ImageSet | FolderSplit:
@@ -26,8 +26,8 @@ def probe_images(data_dir: str | Path | None, size: int = 32) -> ImageSet | Fold
     return load_embedded_sample() if data_dir is None else load_split(data_dir, True, size)
 
 
-def first_images(split: ImageSet | FolderSplit, n: int | None, flag: str,
-                 data_dir: str | Path) -> ImageSet | FolderSplit:
+def take_subset(split: ImageSet | FolderSplit, n: int | None, flag: str,
+                data_dir: str | Path) -> ImageSet | FolderSplit:
     """The images `flag` (--train-subset, --test-subset) asks for: all for None, else the split's `subset(n)`.
     More than the split holds is refused: the run's record would claim images it never saw."""
     if n is None:
@@ -39,8 +39,12 @@ def first_images(split: ImageSet | FolderSplit, n: int | None, flag: str,
 
 
 def check_subsets(data_dir: str | Path, size: int, train: int | None, test: int | None) -> None:
-    """Refuse, before a long job starts, --train-subset or --test-subset larger than the data (see `first_images`)."""
-    if train is not None:
-        first_images(load_split(data_dir, True, size), train, "--train-subset", data_dir)
-    if test is not None:
-        first_images(load_split(data_dir, False, size), test, "--test-subset", data_dir)
+    """Refuse, before a long job starts, --train-subset or --test-subset larger than the data (see `take_subset`)."""
+    if train is None and test is None:
+        return
+    if is_image_folder(data_dir):
+        splits = open_image_folder(data_dir, size)  # both splits in one scan of the folder
+    else:
+        splits = (load_cifar10(data_dir, train=True), load_cifar10(data_dir, train=False))
+    take_subset(splits[0], train, "--train-subset", data_dir)
+    take_subset(splits[1], test, "--test-subset", data_dir)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import first_images, load_split
+from ..data import load_split, take_subset
 from ..data.imagefolder import check_classes, default_loader_workers
 from ..space.latency import DEFAULT_MIN_TIME, check_threads, device_name, time_network
 from ..train.pruning import nonzero_params
@@ -139,7 +139,7 @@ def evaluate_checkpoint(config: EvalConfig, device: torch.device | None = None,
     workers = default_loader_workers() if loader_workers is None else loader_workers
     test = load_split(config.data_dir, False, genotype.backbone.input_size, workers)
     check_classes(genotype.backbone, test, config.data_dir)
-    test = first_images(test, config.test_subset, "--test-subset", config.data_dir)
+    test = take_subset(test, config.test_subset, "--test-subset", config.data_dir)
     loss, errors, n = error_sums(model, test.to(device), config.batch_size, precision, channels_last=True).tolist()
     return EvalReport(
         checkpoint=config.checkpoint,

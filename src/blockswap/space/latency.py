@@ -334,6 +334,7 @@ def latency_table(
     names = list(types)
     if known is not None and all(n in known.ms for n in names):
         return known, path
+    check_threads([threads])
     try:  # before measuring: minutes of timings would otherwise end in an error about the folder
         path.parent.mkdir(parents=True, exist_ok=True)
         if not os.access(path.parent, os.W_OK):

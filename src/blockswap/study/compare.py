@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from ..data import first_images, load_split
+from ..data import load_split, take_subset
 from ..scoring.importance import prunable_weights
 from ..search.run import SearchConfig, run_search
 from ..space.backbones import Backbone, get_backbone
@@ -284,7 +284,7 @@ def _evaluate_teacher(config: CompareConfig, teacher: str, out: Path, device: st
     layout = torch.channels_last if like.channels_last else torch.contiguous_format
     net = load_network(teacher)[0].to(place, memory_format=layout)
     test = load_split(config.data_dir, False, config.backbone().input_size)
-    test = first_images(test, config.test_subset, "--test-subset", config.data_dir)
+    test = take_subset(test, config.test_subset, "--test-subset", config.data_dir)
     sums = error_sums(net, test.to(place), EVAL_BATCH, resolve_precision(like.precision, place), like.channels_last)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, {"teacher": teacher, "teacher_sha256": digest,

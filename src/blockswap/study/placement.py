@@ -323,9 +323,12 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
 def _used_rows(rows: list[dict[str, str]], budget: int | None = None) -> tuple[list[dict[str, str]], str]:
     """The students a good/bad split is over: group 'mixed' (study mixing), else 'random' (study compare) of one
     budget (`budget`, needed when the comparison drew random students at several), else all."""
-    groups = [r.get("group") for r in rows]
+    groups = {r.get("group") for r in rows}
     if "random" in groups and "mixed" not in groups:
         return _one_budget([r for r in rows if r["group"] == "random"], budget)
+    if "blockswap" in groups:  # a comparison without random students: its networks differ by budget and by kind
+        raise BlockSwapError("this study compare trained no random students to split (--random 0); rerun it with "
+                             "--random N to draw them")
     if budget is not None:
         raise BlockSwapError("--budget picks the random students of one budget of a study compare; this study has "
                              "one set of students: leave it out")

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ..data import first_images, load_split
+from ..data import load_split, take_subset
 from ..data.cifar import ImageSet
 from ..data.imagefolder import FolderSplit, check_classes, default_loader_workers
 from ..space.backbones import Backbone
@@ -330,8 +330,8 @@ def _load_data(config: TrainConfig, backbone: Backbone, dist: Distributed,
     train_set, test_set = dist.rank0_first(lambda: (load_split(config.data_dir, True, size, workers),
                                                     load_split(config.data_dir, False, size, workers)))
     check_classes(backbone, train_set, config.data_dir)
-    train_set = first_images(train_set, config.train_subset, "--train-subset", config.data_dir)
-    test_set = first_images(test_set, config.test_subset, "--test-subset", config.data_dir)
+    train_set = take_subset(train_set, config.train_subset, "--train-subset", config.data_dir)
+    test_set = take_subset(test_set, config.test_subset, "--test-subset", config.data_dir)
     if len(train_set) < config.batch_size:
         raise BlockSwapError(f"{len(train_set)} training images cannot fill one batch of {config.batch_size}")
     images = None

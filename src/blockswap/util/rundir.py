@@ -123,8 +123,12 @@ def check_recorded(
                 raise error(f"--out {folder} holds files this {what} did not write ({shown}) and no {config_name}; "
                             "name a new or empty folder, so nothing there is written over")
         return False
-    changes = config_changes(normalize(read_json(path, f"{what} record")), wanted)
+    saved = normalize(read_json(path, f"{what} record"))
+    changes = config_changes(saved, wanted)
     if changes:
+        if isinstance(saved, dict) and saved.get("data_dir") != wanted.get("data_dir"):
+            hint = (f"{hint}; or, to go on with the same data kept elsewhere (another machine), give --data-dir "
+                    f"{saved.get('data_dir')} as recorded: a link there to your copy will do")
         raise error(f"{folder} holds a different {what} ({changes}); {hint}")
     return True
 
