@@ -319,7 +319,8 @@ def _plot_samples(path: Path, table: list[dict[str, Any]], names: list[str], siz
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 4.8))
+    columns = 1 + (len(names) + 1) // 20  # a legend column holds about 20 lines at this size: a long one wraps
+    fig, ax = plt.subplots(figsize=(7 + 2 * columns, 4.8))
     colors, styles = plt.get_cmap("tab10").colors, ("-", "--", "-.", ":")
     for i, name in enumerate(names):
         rows = [r for r in table if r["proxy"] == name]
@@ -332,7 +333,7 @@ def _plot_samples(path: Path, table: list[dict[str, Any]], names: list[str], siz
     ax.set_xlabel("candidates sampled (n)")
     ax.set_ylabel("expected test error of the pick (%)")
     ax.set_title(f"Best-by-proxy of n samples from a pool of {pool}")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncols=columns)
     save_png(fig, path)
 
 
