@@ -157,3 +157,15 @@ def test_the_checker_catches_a_renamed_option_and_a_missing_subcommand() -> None
     assert blockswap_args("torchrun --nproc-per-node 2 -m blockswap search --out d  # x") == ["search", "--out", "d"]
     assert blockswap_args("pip install -e . && python3 -m pytest") is None
     assert blockswap_args("pip install -e . && blockswap info wrn-40-2") == ["info", "wrn-40-2"]
+
+
+def test_relative_links_of_the_pages_and_studies_lead_to_files() -> None:
+    """A link in the README, docs or a study's README/report names a file or folder of the repository."""
+    pages = [*PAGES, *sorted((REPO / "studies").glob("**/README.md")), *sorted((REPO / "studies").glob("**/report.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", FENCE.sub("", page.read_text())):
+            path = target.split("#")[0]
+            if path and not target.startswith(("http://", "https://", "mailto:")) and not (page.parent / path).exists():
+                broken.append(f"{page.relative_to(REPO)}: {target}")
+    assert len(pages) > 10 and broken == []
