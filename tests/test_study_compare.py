@@ -289,3 +289,23 @@ def test_the_paper_scaled_students_and_budget_names() -> None:
     assert [budget_text(n) for n in (200_000, 25_500, 1_500_000, 999, 1_234_567)] == \
         ["200K", "25.5K", "1.5M", "999", "1.234567M"]
     assert len({budget_text(n) for n in range(10_000, 12_000)}) == 2_000  # exact: two budgets never share a folder
+
+
+def test_a_committed_study_resumes_from_another_clone_and_asks_for_a_missing_teacher(
+        cifar_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run from a repository root with a relative --out, then copied without weights to another root: the finished
+    students stand (their recorded teacher path is the same there), and a student still to train names the
+    missing teacher file instead of failing inside training."""
+    config = _config(cifar_root, budgets=[25_000], prune=[], types=[], scaled=[])
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    run_compare(config, "studies/cmp", progress=False)
+    shutil.copytree(tmp_path / "here", tmp_path / "there", ignore=shutil.ignore_patterns("*.pt"))
+    monkeypatch.chdir(tmp_path / "there")
+    monkeypatch.setattr(cohort_module, "train", lambda *a, **k: pytest.fail("a finished student trained again"))
+    run_compare(config, "studies/cmp", progress=False)
+    assert (Path("studies/cmp/results.csv").read_bytes()
+            == (tmp_path / "here" / "studies/cmp/results.csv").read_bytes())
+    shutil.rmtree("studies/cmp/students/random-25K-0")
+    with pytest.raises(BlockSwapError, match=r"teacher studies/cmp/teacher/last.pt is missing and 1 student run"):
+        run_compare(config, "studies/cmp", progress=False)

@@ -57,11 +57,12 @@ from .cohort import (
     claim_out_dir,
     cohort_ceiling,
     cohort_rows,
+    student_dir,
     study_command,
     train_cohort,
     write_cohort_csv,
 )
-from .config import CohortConfig, require_extra
+from .config import CohortConfig, require_extra, run_finished
 from .figures import save_png
 from .report import fmt, json_safe, made_by, plural
 
@@ -238,9 +239,19 @@ def _teacher_dir(out: Path) -> Path:
 
 
 def _teacher_file(config: CompareConfig, out: Path) -> str:
-    """The weight file every student learns from: --teacher, else the one this study trains (as an absolute path,
-    so the students' recorded settings do not depend on how --out was spelled or where the command ran)."""
-    return config.teacher if config.teacher is not None else os.path.abspath(_teacher_dir(out) / "last.pt")
+    """The weight file every student learns from: --teacher, else the one this study trains, as --out names it
+    (normalised): a study committed to a repository and resumed from its root elsewhere records the same path."""
+    return config.teacher if config.teacher is not None else os.path.normpath(_teacher_dir(out) / "last.pt")
+
+
+def _check_teacher_present(teacher: str, out: Path, config: CompareConfig, students: list[Student]) -> None:
+    """Refuse, before any student trains, a teacher file that is gone while students still need it: a study's
+    weights are not committed with its small files."""
+    todo = sum(not run_finished(student_dir(out, s) / f"seed-{seed}") for s in students for seed in config.train_seeds)
+    if todo and not Path(teacher).is_file():
+        where = (f"copy it back from where the study ran, or move {_teacher_dir(out)} away to train the teacher "
+                 "again" if config.teacher is None else "give --teacher the file the study was run with")
+        raise BlockSwapError(f"the teacher {teacher} is missing and {todo} student run(s) still need it; {where}")
 
 
 def _teacher_config(config: CompareConfig) -> TrainConfig:
@@ -351,6 +362,7 @@ def run_compare(config: CompareConfig, out_dir: str | Path, workers: int = 1, de
         picks[budget] = result.best.genotype
     students = compare_students(config, out, picks)
     taught = replace(config, teacher=_teacher_file(config, out))
+    _check_teacher_present(taught.teacher, out, config, students)  # type: ignore[arg-type]  # set just above
     train_cohort(taught, students, out, workers, device, progress, group, desc="comparison students")
     if rank != 0:
         return {}
