@@ -120,3 +120,42 @@ def test_torchrun_style_training_writes_one_run(cifar_root: Path, tmp_path: Path
     saved = read_checkpoint(tmp_path / "run" / "last.pt")["state_dict"]
     assert all(torch.equal(saved[n], a[n]) for n in a)
     assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+def _corrupt_folder_worker(rank: int, port: int, config: TrainConfig, out: str) -> None:
+    """One process of a torchrun-style run that must stop at the header check, writing what it raised."""
+    from blockswap.data.imagefolder import DataError
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    place = setup_distributed(torch.device("cpu"))
+    try:
+        train(config, Path(out) / "run", device=place.device, progress=False, group=place.group, loader_workers=0)
+    except DataError as e:
+        (Path(out) / f"error{rank}.txt").write_text(str(e))
+    finally:
+        place.close()
+
+
+def test_a_corrupt_image_in_one_process_share_stops_every_process(image_folder: Path, tmp_path: Path) -> None:
+    """Each process opens only its share of the headers; the one that finds the bad image names it, the other
+    stops too instead of waiting at the first step."""
+    import shutil
+
+    root = tmp_path / "images"
+    shutil.copytree(image_folder, root)
+    bad = sorted((root / "val" / "ship").glob("*.jpg"))[-1]
+    bad.write_bytes(b"not an image at all")
+    config = TrainConfig(genotype=Genotype.uniform(Backbone.from_name("wrn-10-1", 3)).to_dict(), data_dir=str(root),
+                         epochs=1, batch_size=16, precision="fp32")
+    context = mp.spawn(_corrupt_folder_worker, args=(_free_port(), config, str(tmp_path)), nprocs=WORLD, join=False)
+    for _ in range(30):  # a process left waiting on the other would never end: fail instead of hanging
+        if context.join(timeout=10):
+            break
+    else:
+        pytest.fail("a process of the run did not stop")
+    messages = [(tmp_path / f"error{r}.txt").read_text() for r in range(WORLD)]
+    assert sum(f"cannot decode image {bad}" in m for m in messages) == 1
+    assert sum(m.startswith("another process found an image it cannot decode") for m in messages) == 1
+    assert not (tmp_path / "run").exists()

@@ -77,6 +77,10 @@ def default_loader_workers() -> int:
     return min(8, usable_cores())
 
 
+UNREADABLE_ADVICE = ("remove or replace it (blockswap stops rather than skipping an image, so every epoch sees the "
+                     "same images)")
+
+
 class ClassCountError(DataError):
     """A network's head does not fit the data's classes; the command that met it says what fixes it there."""
 
@@ -353,9 +357,9 @@ class FolderSplit:
         images, labels = next(iter(self._loader(dataset, [idx.tolist()])))
         return self.normalize(images.to(self.device)), labels.to(self.device)
 
-    def check_headers(self) -> None:
-        """Open every image's header (no pixels decoded), in threads: a file that is not an image stops the run
-        before it starts, not at the epoch that first reads it."""
+    def unreadable(self) -> str | None:
+        """What is wrong with the first image whose header cannot be opened (no pixels decoded; in threads), or
+        None when every one opens."""
         def fails(path: str) -> str | None:
             try:
                 with Image.open(path):
@@ -364,10 +368,15 @@ class FolderSplit:
                 return f"cannot decode image {path} ({type(e).__name__}: {e})"
 
         with ThreadPoolExecutor(max_workers=min(16, 4 * usable_cores())) as pool:
-            for reason in pool.map(fails, self.paths, chunksize=256):
-                if reason is not None:
-                    raise DataError(f"{reason}; remove or replace it (blockswap stops rather than skipping an "
-                                    "image, so every epoch sees the same images)")
+            return next((reason for reason in pool.map(fails, self.paths, chunksize=256) if reason is not None),
+                        None)
+
+    def check_headers(self) -> None:
+        """Open every image's header: a file that is not an image stops the run before it starts, not at the epoch
+        that first reads it."""
+        reason = self.unreadable()
+        if reason is not None:
+            raise DataError(f"{reason}; {UNREADABLE_ADVICE}")
 
     def manifest_sha256(self) -> str:
         """SHA-256 of every image's class, name, label and size: what a run trained on, cheap enough to check on

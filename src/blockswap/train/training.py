@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from ..data import load_split, take_subset
 from ..data.cifar import ImageSet
-from ..data.imagefolder import FolderSplit, check_classes, default_loader_workers
+from ..data.imagefolder import UNREADABLE_ADVICE, DataError, FolderSplit, check_classes, default_loader_workers
 from ..space.backbones import Backbone
 from ..space.genotype import Genotype
 from ..space.networks import BlockNetwork
@@ -318,6 +318,18 @@ def _record(out: Path, config: TrainConfig, dist: Distributed, images: dict[str,
         record(out, "config.json", config.record())
 
 
+def _check_headers(train_set: FolderSplit, test_set: FolderSplit, dist: Distributed) -> None:
+    """Open every image's header once over all processes (each its shard), and stop every process if any failed:
+    the one that found the image names it, the others say where to look."""
+    reason = train_set.shard(dist.rank, dist.world).unreadable() or test_set.shard(dist.rank, dist.world).unreadable()
+    failed = dist.all_reduce_sum(torch.tensor([float(reason is not None)], device=dist.device))
+    if reason is not None:
+        raise DataError(f"{reason}; {UNREADABLE_ADVICE}")
+    if failed.item() > 0:
+        raise DataError("another process found an image it cannot decode (its message names it); "
+                        f"{UNREADABLE_ADVICE}")
+
+
 def _load_data(config: TrainConfig, backbone: Backbone, dist: Distributed,
                workers: int) -> tuple[ImageSet | FolderSplit, ImageSet | FolderSplit, dict[str, str] | None]:
     """This process's training set (all of it: batches are sliced per step), its shard of the test set, and for an
@@ -336,8 +348,7 @@ def _load_data(config: TrainConfig, backbone: Backbone, dist: Distributed,
         raise BlockSwapError(f"{len(train_set)} training images cannot fill one batch of {config.batch_size}")
     images = None
     if isinstance(train_set, FolderSplit) and isinstance(test_set, FolderSplit):
-        train_set.check_headers()  # before the folder is claimed: a corrupt image found at epoch 1 would not be
-        test_set.check_headers()
+        _check_headers(train_set, test_set, dist)  # before the folder is claimed, not at the epoch that reads it
         if dist.is_main:
             images = {"train_sha256": train_set.manifest_sha256(), "val_sha256": test_set.manifest_sha256()}
     return train_set.to(dist.device), test_set.shard(dist.rank, dist.world).to(dist.device), images
