@@ -15,7 +15,10 @@ from blockswap.cli import build_parser
 from blockswap.deploy.evaluate import EvalConfig
 from blockswap.scoring.trained import RecipeSteps
 from blockswap.search.run import SearchConfig
+from blockswap.study.compare import CompareConfig
 from blockswap.study.config import StudyConfig
+from blockswap.study.mixing import MixingConfig
+from blockswap.study.placement import PlacementConfig
 from blockswap.train.distill import DistillConfig
 from blockswap.train.training import RECIPES, TrainConfig, recipe_defaults
 from blockswap.util.errors import BlockSwapError
@@ -209,32 +212,58 @@ def test_earlier_flat_training_records_read_and_compare_equal() -> None:
     assert config.record() == {**flat, "distill": {"beta": 1000.0, "kd_alpha": 0.0, "kd_temperature": 4.0}}
 
 
-def _recorded_studies() -> list[tuple[str, dict, str | None]]:
-    """(where, the recorded study settings, the command its report printed) of every study in studies/."""
+REPORTS = {"study.json": StudyConfig, "placement.json": PlacementConfig, "mixing.json": MixingConfig,
+           "compare.json": CompareConfig}
+
+
+def _study_class(saved: dict) -> type:
+    """The config class of a study folder's config.json, from the settings only that kind has."""
+    if "proxies" in saved:
+        return StudyConfig
+    if "budgets" in saved:
+        return CompareConfig
+    return PlacementConfig if "type" in saved else MixingConfig
+
+
+def _recorded_studies() -> list[tuple[str, type, dict, str | None]]:
+    """(where, its config class, the recorded study settings, the command its report printed) of every study in
+    studies/; the training runs inside them are checked by the test after."""
     found = []
-    for path in sorted((REPO / "studies").glob("**/study.json")):
-        report = json.loads(path.read_text())
-        found.append((str(path.relative_to(REPO)), report["config"], report.get("command")))
+    for name, cls in REPORTS.items():
+        for path in sorted((REPO / "studies").glob(f"**/{name}")):
+            report = json.loads(path.read_text())
+            found.append((str(path.relative_to(REPO)), cls, report["config"], report.get("command")))
     for path in sorted((REPO / "studies").glob("**/config.json")):
-        if "candidates" not in path.parts:
-            found.append((str(path.relative_to(REPO)), json.loads(path.read_text()), None))
+        if not {"candidates", "students"} & set(path.parts):
+            saved = json.loads(path.read_text())
+            found.append((str(path.relative_to(REPO)), _study_class(saved), saved, None))
     return found
 
 
 STUDIES = _recorded_studies()
+RUNS = sorted((REPO / "studies").glob("**/seed-*/config.json"))
 
 
-@pytest.mark.parametrize("where,saved,command", STUDIES, ids=[where for where, *_ in STUDIES])
-def test_recorded_studies_still_read_and_their_command_rebuilds_them(where: str, saved: dict,
+@pytest.mark.parametrize("where,cls,saved,command", STUDIES, ids=[where for where, *_ in STUDIES])
+def test_recorded_studies_still_read_and_their_command_rebuilds_them(where: str, cls: type, saved: dict,
                                                                       command: str | None) -> None:
     """A study folder of an earlier version (flat settings, without the later recipe fields) is the same study."""
-    config = StudyConfig.from_dict(saved)
-    assert recorded_form(StudyConfig, saved) == dataclasses.asdict(config)
+    config = cls.from_dict(saved)
+    assert recorded_form(cls, saved) == dataclasses.asdict(config)
     assert {k: v for k, v in dataclasses.asdict(config).items() if k in saved} == saved
     parser = argparse.ArgumentParser()
-    add_options(parser, StudyConfig)
-    assert StudyConfig(**values(parser.parse_args(command_args(config)), StudyConfig)) == config
+    add_options(parser, cls)
+    assert cls(**values(parser.parse_args(command_args(config)), cls)) == config
     if command is not None:  # the command the report printed, its --out left out
         argv = shlex.split(command)[3:]
         argv = argv[: argv.index("--out")]
-        assert StudyConfig(**values(parser.parse_args(argv), StudyConfig)) == config
+        assert cls(**values(parser.parse_args(argv), cls)) == config
+
+
+def test_every_committed_training_run_still_reads_as_the_run_it_was() -> None:
+    """Each run of a committed study records a TrainConfig this version reads back to the same settings."""
+    assert len(RUNS) >= 100
+    for path in RUNS:
+        saved = json.loads(path.read_text())
+        record = TrainConfig.from_dict(saved).record()
+        assert {k: v for k, v in record.items() if k in saved} == saved, path
