@@ -38,13 +38,10 @@ def take_subset(split: ImageSet | FolderSplit, n: int | None, flag: str,
     return split.subset(n)
 
 
-def check_subsets(data_dir: str | Path, size: int, train: int | None, test: int | None) -> None:
-    """Refuse, before a long job starts, --train-subset or --test-subset larger than the data (see `take_subset`)."""
-    if train is None and test is None:
-        return
-    if is_image_folder(data_dir):
-        splits = open_image_folder(data_dir, size)  # both splits in one scan of the folder
-    else:
-        splits = (load_cifar10(data_dir, train=True), load_cifar10(data_dir, train=False))
-    take_subset(splits[0], train, "--train-subset", data_dir)
-    take_subset(splits[1], test, "--test-subset", data_dir)
+def check_subsets(train_split: ImageSet | FolderSplit, data_dir: str | Path, size: int, train: int | None,
+                  test: int | None) -> None:
+    """Refuse, before a long job starts, --train-subset or --test-subset larger than the data (see `take_subset`);
+    `train_split` is the training images the caller has already read (its probe images)."""
+    take_subset(train_split, train, "--train-subset", data_dir)
+    if test is not None:
+        take_subset(load_split(data_dir, False, size), test, "--test-subset", data_dir)

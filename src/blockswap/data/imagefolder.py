@@ -77,10 +77,6 @@ def default_loader_workers() -> int:
     return min(8, usable_cores())
 
 
-UNREADABLE_ADVICE = ("remove or replace it (blockswap stops rather than skipping an image, so every epoch sees the "
-                     "same images)")
-
-
 class ClassCountError(DataError):
     """A network's head does not fit the data's classes; the command that met it says what fixes it there."""
 
@@ -370,13 +366,6 @@ class FolderSplit:
         with ThreadPoolExecutor(max_workers=min(16, 4 * usable_cores())) as pool:
             return next((reason for reason in pool.map(fails, self.paths, chunksize=256) if reason is not None),
                         None)
-
-    def check_headers(self) -> None:
-        """Open every image's header: a file that is not an image stops the run before it starts, not at the epoch
-        that first reads it."""
-        reason = self.unreadable()
-        if reason is not None:
-            raise DataError(f"{reason}; {UNREADABLE_ADVICE}")
 
     def manifest_sha256(self) -> str:
         """SHA-256 of every image's class, name, label and size: what a run trained on, cheap enough to check on

@@ -83,8 +83,9 @@ def claim_out_dir(out: Path, config: CohortConfig, what: str) -> None:
     The data comes first: a study whose network cannot hold the data's classes (or that finds no data) leaves no
     folder behind to refuse the corrected command."""
     backbone = config.backbone()
-    check_classes(backbone, probe_images(config.data_dir, backbone.input_size), config.data_dir)
-    check_subsets(config.data_dir, backbone.input_size, config.train_subset, config.test_subset)
+    images = probe_images(config.data_dir, backbone.input_size)
+    check_classes(backbone, images, config.data_dir)
+    check_subsets(images, config.data_dir, backbone.input_size, config.train_subset, config.test_subset)
     if not check_recorded(out, "config.json", asdict(config), partial(recorded_form, type(config)), what,
                           "use a fresh --out directory"):
         record(out, "config.json", asdict(config))

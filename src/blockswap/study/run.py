@@ -195,7 +195,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, workers: int = 1, device
     size = genotypes[0].backbone.input_size
     images = rank0_first(group, lambda: probe_images(config.data_dir, size))
     check_classes(genotypes[0].backbone, images, config.data_dir)
-    check_subsets(config.data_dir, size, config.train_subset, config.test_subset)
+    check_subsets(images, config.data_dir, size, config.train_subset, config.test_subset)
     batch = images.probe_batch(config.batch_size, config.seed)
     on_rank0(group, lambda: _prepare_out_dir(out, config))
     if config.contrast is not None and not groups_path(out).exists():

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from ..data import load_split, take_subset
 from ..data.cifar import ImageSet
-from ..data.imagefolder import UNREADABLE_ADVICE, DataError, FolderSplit, check_classes, default_loader_workers
+from ..data.imagefolder import DataError, FolderSplit, check_classes, default_loader_workers
 from ..space.backbones import Backbone
 from ..space.genotype import Genotype
 from ..space.networks import BlockNetwork
@@ -318,16 +318,20 @@ def _record(out: Path, config: TrainConfig, dist: Distributed, images: dict[str,
         record(out, "config.json", config.record())
 
 
+_UNREADABLE_ADVICE = ("remove or replace it (blockswap stops rather than skipping an image, so every epoch sees the "
+                      "same images)")
+
+
 def _check_headers(train_set: FolderSplit, test_set: FolderSplit, dist: Distributed) -> None:
     """Open every image's header once over all processes (each its shard), and stop every process if any failed:
     the one that found the image names it, the others say where to look."""
     reason = train_set.shard(dist.rank, dist.world).unreadable() or test_set.shard(dist.rank, dist.world).unreadable()
     failed = dist.all_reduce_sum(torch.tensor([float(reason is not None)], device=dist.device))
     if reason is not None:
-        raise DataError(f"{reason}; {UNREADABLE_ADVICE}")
+        raise DataError(f"{reason}; {_UNREADABLE_ADVICE}")
     if failed.item() > 0:
         raise DataError("another process found an image it cannot decode (its message names it); "
-                        f"{UNREADABLE_ADVICE}")
+                        f"{_UNREADABLE_ADVICE}")
 
 
 def _load_data(config: TrainConfig, backbone: Backbone, dist: Distributed,
