@@ -10,6 +10,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 pytest.importorskip("scipy")
@@ -22,7 +23,13 @@ from blockswap.space.genotype import Genotype  # noqa: E402
 from blockswap.space.sampling import CostTable  # noqa: E402
 from blockswap.study import cohort as cohort_module  # noqa: E402
 from blockswap.study import compare as compare_module  # noqa: E402
-from blockswap.study.compare import CompareConfig, budget_text, default_scaled, run_compare  # noqa: E402
+from blockswap.study.compare import (  # noqa: E402
+    CompareConfig,
+    budget_text,
+    default_scaled,
+    pick_versus_random,
+    run_compare,
+)
 from blockswap.util.errors import BlockSwapError  # noqa: E402
 
 BUDGETS = [25_000, 50_000]
@@ -170,6 +177,8 @@ def test_compare_json_per_budget(finished: Path) -> None:
         assert entry["blockswap_error_pct"] == pick
         assert entry["random_mean_error_pct"] == float(rows[f"random-{b}-0"]["test_error_pct"])
         assert entry["versus_random_pct"] == pytest.approx(pick - float(rows[f"random-{b}-0"]["test_error_pct"]))
+        assert entry["versus_random_low_pct"] is None  # one random student: no interval
+        assert entry["random_students_beaten"] == int(float(rows[f"random-{b}-0"]["test_error_pct"]) > pick)
         for method in ("snip", "l1"):
             assert entry["prune"][method]["versus_pct"] == pytest.approx(
                 pick - float(rows[f"{method}-{b}"]["test_error_pct"]))
@@ -220,10 +229,15 @@ def test_the_cli_with_a_given_teacher(given: tuple[Path, str], finished: Path, c
     entry = report["budgets"][0]
     randoms = [float(rows[f"random-25K-{i}"]["test_error_pct"]) for i in (0, 1)]
     assert entry["random_students"] == 2 and entry["random_mean_error_pct"] == pytest.approx(statistics.mean(randoms))
+    low, high = entry["versus_random_low_pct"], entry["versus_random_high_pct"]
+    assert low <= entry["versus_random_pct"] <= high and low < high
+    beaten = sum(r > float(rows["blockswap-25K"]["test_error_pct"]) for r in randoms)
+    assert entry["random_students_beaten"] == beaten
     assert report["noise_ceiling"]["seeds"] == [0, 1] and not report["teacher"]["trained_here"]
     text = (out / "report.md").read_text()
     mean, sd = float(rows["l1-25K"]["test_error_pct"]), float(rows["l1-25K"]["test_error_sd_pct"])
     assert f"| - | {mean:.2f} ± {sd:.2f} |" in text and "Seed noise" in text and "Teacher (given)" in text
+    assert f"{entry['versus_random_pct']:+.2f} points [{low:+.2f}, {high:+.2f}] | {beaten} of 2 |" in text
 
 
 def test_a_resumed_study_equals_an_uninterrupted_one(given: tuple[Path, str], finished: Path, cifar_root: Path,
@@ -309,3 +323,36 @@ def test_a_committed_study_resumes_from_another_clone_and_asks_for_a_missing_tea
     shutil.rmtree("studies/cmp/students/random-25K-0")
     with pytest.raises(BlockSwapError, match=r"teacher studies/cmp/teacher/last.pt is missing and 1 student run"):
         run_compare(config, "studies/cmp", progress=False)
+
+
+def test_pick_versus_random_difference_and_students_beaten() -> None:
+    randoms = np.array([[50.0, 52.0], [44.0, 46.0], [47.0, np.nan], [np.nan, np.nan]])  # the last diverged
+    found = pick_versus_random(np.array([45.0, 46.0]), randoms)
+    assert found["random_students_finite"] == 3
+    assert found["difference_pct"] == pytest.approx(45.5 - np.mean([51.0, 45.0, 47.0]))
+    assert found["beats"] == 2  # 51 and 47 are worse than 45.5; 45 is better
+    assert found["low"] < found["difference_pct"] < found["high"]
+
+
+def test_the_interval_holds_the_picks_seed_noise() -> None:
+    """Random students that agree exactly leave only the pick's own seeds to vary: its bootstrap means are 40, 42
+    and 44 with chances 1/4, 1/2, 1/4, so the 95% interval is exactly [40 - 50, 44 - 50]. A bootstrap over the
+    random students alone would give a single point."""
+    found = pick_versus_random(np.array([40.0, 44.0]), np.full((8, 2), 50.0), resamples=4000)
+    assert (found["low"], found["difference_pct"], found["high"]) == (-10.0, -8.0, -6.0)
+    assert found["beats"] == 8
+
+
+def test_the_interval_widens_with_the_spread_of_random_students() -> None:
+    tight = pick_versus_random(np.array([45.0, 45.0]), np.array([[49.0, 49.0], [50.0, 50.0], [51.0, 51.0]] * 3))
+    wide = pick_versus_random(np.array([45.0, 45.0]), np.array([[38.0, 38.0], [50.0, 50.0], [62.0, 62.0]] * 3))
+    assert tight["difference_pct"] == wide["difference_pct"] == pytest.approx(-5.0)
+    assert wide["high"] - wide["low"] > 3 * (tight["high"] - tight["low"]) > 0
+    assert tight["high"] < 0 < wide["high"]
+
+
+def test_no_interval_without_two_random_students_or_a_finished_pick() -> None:
+    one = pick_versus_random(np.array([45.0]), np.array([[50.0]]))
+    assert one["difference_pct"] == -5.0 and one["beats"] == 1 and np.isnan(one["low"]) and np.isnan(one["high"])
+    diverged = pick_versus_random(np.array([np.nan, np.nan]), np.array([[50.0, 51.0], [49.0, 48.0]]))
+    assert np.isnan(diverged["difference_pct"]) and diverged["beats"] == 0

@@ -17,8 +17,9 @@ attention transfer, and each student is trained once per training seed into
 
 `write_compare_report` then writes results.csv (one row per network, the
 teacher first), compare.json (every row, and per budget the pick's error
-against the random mean and each pruning), report.md (the Tables 2/6 layout)
-and compare.png (Fig. 3: error against parameters).
+against the random mean, with a 95% interval, and against each pruning),
+report.md (the Tables 2/6 layout) and compare.png (Fig. 3: error against
+parameters).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ from .figures import save_png
 from .report import fmt, json_safe, made_by, plural
 
 __all__ = ["CompareConfig", "run_compare", "write_compare_report", "compare_students", "default_scaled",
-           "budget_text"]
+           "budget_text", "pick_versus_random"]
 
 _RANDOM_KEY = 0x636F6D70617265  # "compare": the random students' draws are their own stream of the study seed
 _WRN = re.compile(r"wrn-(\d+)-(\d+)")
@@ -396,20 +397,63 @@ def _finite(x: float) -> bool:
     return x is not None and math.isfinite(x)
 
 
+def pick_versus_random(pick: np.ndarray, randoms: np.ndarray, resamples: int = 10_000,
+                       seed: int = 0) -> dict[str, float | int]:
+    """The pick's mean error minus the random students' mean (points; negative: the pick is better), with a 95%
+    interval from a two-level bootstrap, and how many random students train to a higher mean error.
+
+    `pick` holds the pick's error per training seed, `randoms` one row per random student (NaN: a diverged run,
+    left out). Each resample draws the random students with replacement, then, within every student and within
+    the pick, its seeds with replacement: the interval holds both the spread among random students and the seed
+    noise of one trained network, which a bootstrap over students alone would leave out.
+    """
+    pick = pick[np.isfinite(pick)]
+    rows = [r[np.isfinite(r)] for r in randoms]
+    rows = [r for r in rows if len(r)]
+    found: dict[str, float | int] = {"random_students_finite": len(rows), "difference_pct": math.nan,
+                                     "low": math.nan, "high": math.nan, "beats": 0}
+    if not len(pick) or not rows:
+        return found
+    means = np.array([r.mean() for r in rows])
+    found["difference_pct"] = float(pick.mean() - means.mean())
+    found["beats"] = int(np.sum(means > pick.mean()))
+    if len(rows) < 2:
+        return found
+    rng = np.random.default_rng(seed)
+
+    def seed_means(values: np.ndarray, n: int) -> np.ndarray:
+        """`n` bootstrap means of one network's seeds."""
+        return values[rng.integers(0, len(values), (n, len(values)))].mean(axis=1)
+
+    per_student = np.stack([seed_means(r, resamples) for r in rows], axis=1)  # resample x student
+    drawn = rng.integers(0, len(rows), (resamples, len(rows)))
+    random_means = np.take_along_axis(per_student, drawn, axis=1).mean(axis=1)
+    low, high = np.percentile(seed_means(pick, resamples) - random_means, [2.5, 97.5])
+    found["low"], found["high"] = float(low), float(high)
+    return found
+
+
 def _per_budget(config: CompareConfig, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """At each budget, BlockSwap's pick against the mean of the random students and against each pruning: the
-    difference of errors in points (negative: the pick trains to lower error)."""
+    """At each budget, BlockSwap's pick against the mean of the random students (with a 95% interval and how many
+    it beats) and against each pruning: the difference of errors in points (negative: the pick trains to lower
+    error)."""
     found = []
     for budget in config.budgets:
         here = [r for r in rows if r["budget"] == budget]
         pick = next(r for r in here if r["group"] == "blockswap")
         randoms = [r["test_error_pct"] for r in here if r["group"] == "random" and _finite(r["test_error_pct"])]
         random_mean = float(np.mean(randoms)) if randoms else math.nan
+        per_seed = [[r[f"test_error_pct_seed{s}"] for s in config.train_seeds]
+                    for r in here if r["group"] == "random"]
+        versus = pick_versus_random(np.array([pick[f"test_error_pct_seed{s}"] for s in config.train_seeds], float),
+                                    np.array(per_seed, float).reshape(len(per_seed), len(config.train_seeds)),
+                                    seed=config.seed)
         entry: dict[str, Any] = {
             "budget": budget, "blockswap": pick["name"], "blockswap_params": pick["params"],
             "blockswap_error_pct": pick["test_error_pct"], "random_students": sum(r["group"] == "random" for r in here),
             "random_mean_error_pct": random_mean, "versus_random_pct": pick["test_error_pct"] - random_mean,
-            "prune": {}}
+            "versus_random_low_pct": versus["low"], "versus_random_high_pct": versus["high"],
+            "random_students_beaten": versus["beats"], "prune": {}}
         for method in config.prune:
             pruned = next(r for r in here if r["group"] == method)
             entry["prune"][method] = {"name": pruned["name"], "params": pruned["params"],
@@ -444,7 +488,8 @@ def write_compare_report(out_dir: str | Path) -> dict[str, Any]:
     summary = [f"teacher {config.model}: {fmt(rows[0]['test_error_pct'])}% error; {len(students)} students x "
                f"{len(config.train_seeds)} seed(s)"]
     for b in per_budget:
-        versus = [f"random {fmt(b['random_mean_error_pct'])}% ({_signed(b['versus_random_pct'])})"]
+        versus = [f"random {fmt(b['random_mean_error_pct'])}% ({_signed(b['versus_random_pct'])}{_interval(b)}, "
+                  f"beats {b['random_students_beaten']} of {b['random_students']})"]
         versus += [f"{m} {fmt(p['error_pct'])}% ({_signed(p['versus_pct'])})" for m, p in b["prune"].items()]
         summary.append(f"{budget_text(b['budget'])}: BlockSwap {fmt(b['blockswap_error_pct'])}% against "
                        + ", ".join(versus))
@@ -454,6 +499,12 @@ def write_compare_report(out_dir: str | Path) -> dict[str, Any]:
 
 def _signed(x: float | None) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:+.2f} points"
+
+
+def _interval(entry: dict[str, Any]) -> str:
+    """' [low, high]' of the pick against random, or nothing where there is none (fewer than two random students)."""
+    low, high = entry["versus_random_low_pct"], entry["versus_random_high_pct"]
+    return f" [{low:+.2f}, {high:+.2f}]" if _finite(low) and _finite(high) else ""
 
 
 def _method(config: CompareConfig, row: dict[str, Any]) -> str:
@@ -514,14 +565,19 @@ def _markdown(config: CompareConfig, report: dict[str, Any]) -> str:
     methods = list(config.prune)
     lines += ["", "## At each budget", "",
               "BlockSwap's pick against the mean of the random students and against each pruned teacher: the "
-              "difference of errors in points (negative: the pick trains to lower error).", "",
-              "| budget | BlockSwap error % | random mean error % | BlockSwap - random | "
+              "difference of errors in points (negative: the pick trains to lower error). The interval against "
+              "random is a 95% two-level bootstrap: random students drawn with replacement, then each network's "
+              "training seeds, the pick's included, so it holds the seed noise of the one pick as well as the "
+              "spread of the random students. \"Beats\" counts the random students whose mean error is higher "
+              "than the pick's.", "",
+              "| budget | BlockSwap error % | random mean error % | BlockSwap - random [95% CI] | beats | "
               + " | ".join(f"{_method(config, {'group': m, 'name': m})} error % | BlockSwap - "
                            f"{_method(config, {'group': m, 'name': m})}" for m in methods) + " |",
-              "|---|---|---|---|" + "---|---|" * len(methods)]
+              "|---|---|---|---|---|" + "---|---|" * len(methods)]
     for b in report["budgets"]:
         cells = [budget_text(b["budget"]), fmt(b["blockswap_error_pct"]), fmt(b["random_mean_error_pct"]),
-                 _signed(b["versus_random_pct"])]
+                 _signed(b["versus_random_pct"]) + _interval(b), f"{b['random_students_beaten']} of "
+                 f"{b['random_students']}"]
         for m in methods:
             cells += [fmt(b["prune"][m]["error_pct"]), _signed(b["prune"][m]["versus_pct"])]
         lines.append("| " + " | ".join(cells) + " |")
