@@ -356,3 +356,12 @@ def test_no_interval_without_two_random_students_or_a_finished_pick() -> None:
     assert one["difference_pct"] == -5.0 and one["beats"] == 1 and np.isnan(one["low"]) and np.isnan(one["high"])
     diverged = pick_versus_random(np.array([np.nan, np.nan]), np.array([[50.0, 51.0], [49.0, 48.0]]))
     assert np.isnan(diverged["difference_pct"]) and diverged["beats"] == 0
+
+
+def test_a_student_drawn_twice_gets_its_seeds_drawn_twice() -> None:
+    """Eight random students whose seeds are 48 and 52: each drawn student's seed mean is 48, 50 or 52 (variance
+    2), so the mean of eight independent draws has SD 0.5 and the 95% interval spans about 1.96 points. Reusing
+    one draw for a student drawn twice in a resample would widen it to about 2.7."""
+    found = pick_versus_random(np.array([45.0, 45.0]), np.tile([48.0, 52.0], (8, 1)), resamples=20_000)
+    assert found["difference_pct"] == -5.0
+    assert 1.75 < found["high"] - found["low"] < 2.2

@@ -420,15 +420,17 @@ def pick_versus_random(pick: np.ndarray, randoms: np.ndarray, resamples: int = 1
     if len(rows) < 2:
         return found
     rng = np.random.default_rng(seed)
-
-    def seed_means(values: np.ndarray, n: int) -> np.ndarray:
-        """`n` bootstrap means of one network's seeds."""
-        return values[rng.integers(0, len(values), (n, len(values)))].mean(axis=1)
-
-    per_student = np.stack([seed_means(r, resamples) for r in rows], axis=1)  # resample x student
-    drawn = rng.integers(0, len(rows), (resamples, len(rows)))
-    random_means = np.take_along_axis(per_student, drawn, axis=1).mean(axis=1)
-    low, high = np.percentile(seed_means(pick, resamples) - random_means, [2.5, 97.5])
+    counts = np.array([len(r) for r in rows])
+    padded = np.zeros((len(rows), counts.max()))
+    for i, r in enumerate(rows):
+        padded[i, :len(r)] = r
+    drawn = rng.integers(0, len(rows), (resamples, len(rows)))  # the students of each resample
+    n = counts[drawn][..., None]  # each drawn student's seed count, then its seeds drawn afresh every time
+    seeds = (rng.random((resamples, len(rows), counts.max())) * n).astype(int)
+    used = np.arange(counts.max()) < n
+    student_means = np.where(used, padded[drawn[..., None], seeds], 0.0).sum(axis=-1) / n[..., 0]
+    pick_means = pick[rng.integers(0, len(pick), (resamples, len(pick)))].mean(axis=1)
+    low, high = np.percentile(pick_means - student_means.mean(axis=1), [2.5, 97.5])
     found["low"], found["high"] = float(low), float(high)
     return found
 
