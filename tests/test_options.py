@@ -234,14 +234,14 @@ def _recorded_studies() -> list[tuple[str, type, dict, str | None]]:
             report = json.loads(path.read_text())
             found.append((str(path.relative_to(REPO)), cls, report["config"], report.get("command")))
     for path in sorted((REPO / "studies").glob("**/config.json")):
-        if not {"candidates", "students"} & set(path.parts):
+        if not {"candidates", "students", "teacher"} & set(path.parts):  # those are a study's runs
             saved = json.loads(path.read_text())
             found.append((str(path.relative_to(REPO)), _study_class(saved), saved, None))
     return found
 
 
 STUDIES = _recorded_studies()
-RUNS = sorted((REPO / "studies").glob("**/seed-*/config.json"))
+RUNS = sorted([*(REPO / "studies").glob("**/seed-*/config.json"), *(REPO / "studies").glob("**/teacher/config.json")])
 
 
 @pytest.mark.parametrize("where,cls,saved,command", STUDIES, ids=[where for where, *_ in STUDIES])
@@ -261,7 +261,8 @@ def test_recorded_studies_still_read_and_their_command_rebuilds_them(where: str,
 
 
 def test_every_committed_training_run_still_reads_as_the_run_it_was() -> None:
-    """Each run of a committed study records a TrainConfig this version reads back to the same settings."""
+    """Each run of a committed study, a comparison's teacher too, records a TrainConfig this version reads back to
+    the same settings."""
     assert len(RUNS) >= 100
     for path in RUNS:
         saved = json.loads(path.read_text())
