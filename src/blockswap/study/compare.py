@@ -397,41 +397,43 @@ def _finite(x: float) -> bool:
     return x is not None and math.isfinite(x)
 
 
-def pick_versus_random(pick: np.ndarray, randoms: np.ndarray, resamples: int = 10_000,
-                       seed: int = 0) -> dict[str, float | int]:
-    """The pick's mean error minus the random students' mean (points; negative: the pick is better), with a 95%
-    interval from a two-level bootstrap, and how many random students train to a higher mean error.
+def pick_versus_random(pick: np.ndarray, randoms: np.ndarray) -> dict[str, float | int | None]:
+    """The pick's mean error minus the random students' mean (points; negative: the pick is better), its 95%
+    interval, and how many random students train to a higher mean error.
 
     `pick` holds the pick's error per training seed, `randoms` one row per random student (NaN: a diverged run,
-    left out). Each resample draws the random students with replacement, then, within every student and within
-    the pick, its seeds with replacement: the interval holds both the spread among random students and the seed
-    noise of one trained network, which a bootstrap over students alone would leave out.
+    left out). The interval is Welch's t interval for one network's mean against a population's mean. The random
+    side's variance is that of the students' means over the number of students; it holds their spread and their
+    seed noise. The pick's is the seed variance over its seeds, pooled over the pick and every random student,
+    since all share the recipe and the seeds. With two seeds, the pick's own two errors alone would give it one
+    degree of freedom, and a bootstrap of them covers the difference about 80% of the time. There is no interval
+    without two random students or without a network trained with two seeds.
     """
+    from scipy import stats  # the `study` extra
+
     pick = pick[np.isfinite(pick)]
     rows = [r[np.isfinite(r)] for r in randoms]
     rows = [r for r in rows if len(r)]
-    found: dict[str, float | int] = {"random_students_finite": len(rows), "difference_pct": math.nan,
-                                     "low": math.nan, "high": math.nan, "beats": 0}
+    found: dict[str, float | int | None] = {"random_students_finite": len(rows), "difference_pct": math.nan,
+                                            "low": math.nan, "high": math.nan, "beats": None}
     if not len(pick) or not rows:
         return found
     means = np.array([r.mean() for r in rows])
     found["difference_pct"] = float(pick.mean() - means.mean())
     found["beats"] = int(np.sum(means > pick.mean()))
-    if len(rows) < 2:
+    networks = [pick, *rows]
+    seed_df = sum(len(r) - 1 for r in networks)
+    if len(rows) < 2 or seed_df < 1:
         return found
-    rng = np.random.default_rng(seed)
-    counts = np.array([len(r) for r in rows])
-    padded = np.zeros((len(rows), counts.max()))
-    for i, r in enumerate(rows):
-        padded[i, :len(r)] = r
-    drawn = rng.integers(0, len(rows), (resamples, len(rows)))  # the students of each resample
-    n = counts[drawn][..., None]  # each drawn student's seed count, then its seeds drawn afresh every time
-    seeds = (rng.random((resamples, len(rows), counts.max())) * n).astype(int)
-    used = np.arange(counts.max()) < n
-    student_means = np.where(used, padded[drawn[..., None], seeds], 0.0).sum(axis=-1) / n[..., 0]
-    pick_means = pick[rng.integers(0, len(pick), (resamples, len(pick)))].mean(axis=1)
-    low, high = np.percentile(pick_means - student_means.mean(axis=1), [2.5, 97.5])
-    found["low"], found["high"] = float(low), float(high)
+    seed_var = sum(float(np.sum((r - r.mean()) ** 2)) for r in networks) / seed_df
+    pick_part, random_part = seed_var / len(pick), float(np.var(means, ddof=1)) / len(rows)
+    se = math.sqrt(pick_part + random_part)
+    if se == 0:
+        found["low"] = found["high"] = found["difference_pct"]
+        return found
+    df = se ** 4 / (pick_part ** 2 / seed_df + random_part ** 2 / (len(rows) - 1))  # Welch-Satterthwaite
+    half = float(stats.t.ppf(0.975, df)) * se
+    found["low"], found["high"] = found["difference_pct"] - half, found["difference_pct"] + half
     return found
 
 
@@ -448,14 +450,13 @@ def _per_budget(config: CompareConfig, rows: list[dict[str, Any]]) -> list[dict[
         per_seed = [[r[f"test_error_pct_seed{s}"] for s in config.train_seeds]
                     for r in here if r["group"] == "random"]
         versus = pick_versus_random(np.array([pick[f"test_error_pct_seed{s}"] for s in config.train_seeds], float),
-                                    np.array(per_seed, float).reshape(len(per_seed), len(config.train_seeds)),
-                                    seed=config.seed)
+                                    np.array(per_seed, float).reshape(len(per_seed), len(config.train_seeds)))
         entry: dict[str, Any] = {
             "budget": budget, "blockswap": pick["name"], "blockswap_params": pick["params"],
-            "blockswap_error_pct": pick["test_error_pct"], "random_students": sum(r["group"] == "random" for r in here),
-            "random_mean_error_pct": random_mean, "versus_random_pct": pick["test_error_pct"] - random_mean,
-            "versus_random_low_pct": versus["low"], "versus_random_high_pct": versus["high"],
-            "random_students_beaten": versus["beats"], "prune": {}}
+            "blockswap_error_pct": pick["test_error_pct"], "random_students": len(per_seed),
+            "random_students_finite": versus["random_students_finite"], "random_mean_error_pct": random_mean,
+            "versus_random_pct": versus["difference_pct"], "versus_random_low_pct": versus["low"],
+            "versus_random_high_pct": versus["high"], "random_students_beaten": versus["beats"], "prune": {}}
         for method in config.prune:
             pruned = next(r for r in here if r["group"] == method)
             entry["prune"][method] = {"name": pruned["name"], "params": pruned["params"],
@@ -491,7 +492,7 @@ def write_compare_report(out_dir: str | Path) -> dict[str, Any]:
                f"{len(config.train_seeds)} seed(s)"]
     for b in per_budget:
         versus = [f"random {fmt(b['random_mean_error_pct'])}% ({_signed(b['versus_random_pct'])}{_interval(b)}, "
-                  f"beats {b['random_students_beaten']} of {b['random_students']})"]
+                  f"beats {_beaten(b)})"]
         versus += [f"{m} {fmt(p['error_pct'])}% ({_signed(p['versus_pct'])})" for m, p in b["prune"].items()]
         summary.append(f"{budget_text(b['budget'])}: BlockSwap {fmt(b['blockswap_error_pct'])}% against "
                        + ", ".join(versus))
@@ -503,8 +504,16 @@ def _signed(x: float | None) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:+.2f} points"
 
 
+def _beaten(entry: dict[str, Any]) -> str:
+    """'k of n' random students with a higher mean error than the pick (n: those that did not diverge)."""
+    if entry["random_students_beaten"] is None:
+        return "n/a"
+    return f"{entry['random_students_beaten']} of {entry['random_students_finite']}"
+
+
 def _interval(entry: dict[str, Any]) -> str:
-    """' [low, high]' of the pick against random, or nothing where there is none (fewer than two random students)."""
+    """' [low, high]' of the pick against random, or nothing where there is none (fewer than two random students,
+    or no network trained with two seeds)."""
     low, high = entry["versus_random_low_pct"], entry["versus_random_high_pct"]
     return f" [{low:+.2f}, {high:+.2f}]" if _finite(low) and _finite(high) else ""
 
@@ -568,18 +577,18 @@ def _markdown(config: CompareConfig, report: dict[str, Any]) -> str:
     lines += ["", "## At each budget", "",
               "BlockSwap's pick against the mean of the random students and against each pruned teacher: the "
               "difference of errors in points (negative: the pick trains to lower error). The interval against "
-              "random is a 95% two-level bootstrap: random students drawn with replacement, then each network's "
-              "training seeds, the pick's included, so it holds the seed noise of the one pick as well as the "
-              "spread of the random students. \"Beats\" counts the random students whose mean error is higher "
-              "than the pick's.", "",
-              "| budget | BlockSwap error % | random mean error % | BlockSwap - random [95% CI] | beats | "
-              + " | ".join(f"{_method(config, {'group': m, 'name': m})} error % | BlockSwap - "
-                           f"{_method(config, {'group': m, 'name': m})}" for m in methods) + " |",
-              "|---|---|---|---|---|" + "---|---|" * len(methods)]
+              "random is Welch's 95% t interval: the random side's variance is that of the students' mean errors, "
+              "the pick's is the seed variance pooled over the pick and the random students (one network has too "
+              "few seeds to give its own). \"Beats\" counts the random students whose mean error is higher than "
+              "the pick's, of those that did not diverge.", ""]
+    header = ["budget", "BlockSwap error %", "random mean error %", "BlockSwap - random [95% CI]", "beats"]
+    for m in methods:
+        header += [f"{_method(config, {'group': m, 'name': m})} error %",
+                   f"BlockSwap - {_method(config, {'group': m, 'name': m})}"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for b in report["budgets"]:
         cells = [budget_text(b["budget"]), fmt(b["blockswap_error_pct"]), fmt(b["random_mean_error_pct"]),
-                 _signed(b["versus_random_pct"]) + _interval(b), f"{b['random_students_beaten']} of "
-                 f"{b['random_students']}"]
+                 _signed(b["versus_random_pct"]) + _interval(b), _beaten(b)]
         for m in methods:
             cells += [fmt(b["prune"][m]["error_pct"]), _signed(b["prune"][m]["versus_pct"])]
         lines.append("| " + " | ".join(cells) + " |")
