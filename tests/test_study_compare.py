@@ -383,3 +383,19 @@ def test_a_pick_left_with_one_seed_borrows_the_seed_noise_of_the_others() -> Non
     one = pick_versus_random(np.array([45.0, np.nan]), randoms)  # its second seed diverged
     assert one["difference_pct"] == both["difference_pct"] == pytest.approx(45.0 - 151.0 / 3)
     assert one["high"] - one["low"] > both["high"] - both["low"] > 0
+
+
+@pytest.mark.parametrize("prune", [[], ["l1"], ["snip", "l1"]])
+def test_every_table_row_has_as_many_cells_as_its_header(finished: Path, cifar_root: Path, prune: list[str]) -> None:
+    """report.md's tables render only when the header, the delimiter and every row have the same number of cells;
+    with no pruning method the budget table's header had one more."""
+    report = json.loads((finished / "compare.json").read_text())
+    for entry in report["budgets"]:
+        entry["prune"] = {m: v for m, v in entry["prune"].items() if m in prune}
+    text = compare_module._markdown(_config(cifar_root, prune=prune), report)
+    tables = [block.splitlines() for block in text.split("\n\n") if block.startswith("| ")]
+    assert len(tables) == 2
+    for table in tables:
+        widths = {line.count("|") for line in table}
+        assert widths == {table[0].count("|")}, table
+    assert tables[1][0].count("|") == 6 + 2 * len(prune)
