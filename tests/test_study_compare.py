@@ -399,3 +399,18 @@ def test_every_table_row_has_as_many_cells_as_its_header(finished: Path, cifar_r
         widths = {line.count("|") for line in table}
         assert widths == {table[0].count("|")}, table
     assert tables[1][0].count("|") == 6 + 2 * len(prune)
+
+
+def test_a_run_that_diverged_beside_a_finished_seed_is_named(given: tuple[Path, str], cifar_root: Path) -> None:
+    """A student with one finished and one diverged seed shows the finished seed's error, names the lost seed in
+    its cell and in a note; the teacher, trained with one seed only, is not called diverged."""
+    out, _ = given
+    report = json.loads((out / "compare.json").read_text())
+    row = next(r for r in report["rows"] if r["name"] == "l1-25K")
+    row["test_error_pct_per_seed"]["1"] = None
+    row["test_error_pct"], row["test_error_sd_pct"] = row["test_error_pct_per_seed"]["0"], None
+    config = CompareConfig.from_dict(json.loads((out / "config.json").read_text()))
+    text = compare_module._markdown(config, report)
+    assert f"| {row['test_error_pct']:.2f} (seed 1 diverged) |" in text
+    assert "diverged while the student's other seeds finished: l1-25K (seed 1)." in text
+    assert text.count("diverged)") == 1 and "in every seed" not in text

@@ -544,11 +544,22 @@ def _scaled_label(teacher: str, model: str) -> str:
                                                                                                   "Scaled")
 
 
+def _lost_seeds(row: dict[str, Any]) -> list[str]:
+    """The training seeds of a student whose run diverged while another finished (none for the teacher, whose
+    other seeds are never trained)."""
+    if row["group"] == "teacher" or not _finite(row["test_error_pct"]):
+        return []
+    return [seed for seed, error in row["test_error_pct_per_seed"].items() if not _finite(error)]
+
+
 def _error_cell(row: dict[str, Any]) -> str:
+    """Mean ± SD over the seeds, naming any seed whose run diverged (the mean is then the others')."""
     mean, sd = row["test_error_pct"], row["test_error_sd_pct"]
     if not _finite(mean):
         return "diverged"
-    return f"{mean:.2f} ± {sd:.2f}" if _finite(sd) else f"{mean:.2f}"
+    cell = f"{mean:.2f} ± {sd:.2f}" if _finite(sd) else f"{mean:.2f}"
+    lost = _lost_seeds(row)
+    return cell + f" (seed {', '.join(lost)} diverged)" if lost else cell
 
 
 def _markdown(config: CompareConfig, report: dict[str, Any]) -> str:
@@ -603,6 +614,11 @@ def _markdown(config: CompareConfig, report: dict[str, Any]) -> str:
                   "0,1,2 as the paper does."]
     if report["diverged"]:
         lines += ["", f"{report['diverged']} student(s) diverged in every seed (failed.json in their folders)."]
+    partly = [f"{r['name']} (seed {', '.join(_lost_seeds(r))})" for r in rows if _lost_seeds(r)]
+    if partly:
+        lines += ["", f"Runs that diverged while the student's other seeds finished: {', '.join(partly)}. Their "
+                  "failed.json says why; the student's error is the mean of its finished seeds, without an SD "
+                  "where one is left."]
     lines += ["", "Notes:", "",
               "- A pruned teacher's params count its non-zero weights only, as the paper counts them (its weight "
               "tensors keep the teacher's size); it has no MACs, which depend on the sparse format.",
