@@ -399,6 +399,7 @@ def test_every_table_row_has_as_many_cells_as_its_header(finished: Path, cifar_r
         widths = {line.count("|") for line in table}
         assert widths == {table[0].count("|")}, table
     assert tables[1][0].count("|") == 6 + 2 * len(prune)
+    assert ("its run continues the teacher's training" in text) == ("l1" in prune)  # L1's head start, said
 
 
 def test_a_run_that_diverged_beside_a_finished_seed_is_named(given: tuple[Path, str], cifar_root: Path) -> None:
