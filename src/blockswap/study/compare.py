@@ -398,7 +398,7 @@ def _finite(x: float) -> bool:
 
 
 def pick_versus_random(pick: np.ndarray, randoms: np.ndarray) -> dict[str, float | int | None]:
-    """The pick's mean error minus the random students' mean (points; negative: the pick is better), its 95%
+    """The random students' mean error, the pick's minus it (points; negative: the pick is better), its 95%
     interval, and how many random students train to a higher mean error.
 
     `pick` holds the pick's error per training seed, `randoms` one row per random student (NaN: a diverged run,
@@ -414,11 +414,13 @@ def pick_versus_random(pick: np.ndarray, randoms: np.ndarray) -> dict[str, float
     pick = pick[np.isfinite(pick)]
     rows = [r[np.isfinite(r)] for r in randoms]
     rows = [r for r in rows if len(r)]
-    found: dict[str, float | int | None] = {"random_students_finite": len(rows), "difference_pct": math.nan,
-                                            "low": math.nan, "high": math.nan, "beats": None}
+    means = np.array([r.mean() for r in rows])
+    found: dict[str, float | int | None] = {"random_students_finite": len(rows),
+                                            "random_mean_pct": float(means.mean()) if rows else math.nan,
+                                            "difference_pct": math.nan, "low": math.nan, "high": math.nan,
+                                            "beats": None}
     if not len(pick) or not rows:
         return found
-    means = np.array([r.mean() for r in rows])
     found["difference_pct"] = float(pick.mean() - means.mean())
     found["beats"] = int(np.sum(means > pick.mean()))
     networks = [pick, *rows]
@@ -445,8 +447,6 @@ def _per_budget(config: CompareConfig, rows: list[dict[str, Any]]) -> list[dict[
     for budget in config.budgets:
         here = [r for r in rows if r["budget"] == budget]
         pick = next(r for r in here if r["group"] == "blockswap")
-        randoms = [r["test_error_pct"] for r in here if r["group"] == "random" and _finite(r["test_error_pct"])]
-        random_mean = float(np.mean(randoms)) if randoms else math.nan
         per_seed = [[r[f"test_error_pct_seed{s}"] for s in config.train_seeds]
                     for r in here if r["group"] == "random"]
         versus = pick_versus_random(np.array([pick[f"test_error_pct_seed{s}"] for s in config.train_seeds], float),
@@ -454,9 +454,10 @@ def _per_budget(config: CompareConfig, rows: list[dict[str, Any]]) -> list[dict[
         entry: dict[str, Any] = {
             "budget": budget, "blockswap": pick["name"], "blockswap_params": pick["params"],
             "blockswap_error_pct": pick["test_error_pct"], "random_students": len(per_seed),
-            "random_students_finite": versus["random_students_finite"], "random_mean_error_pct": random_mean,
-            "versus_random_pct": versus["difference_pct"], "versus_random_low_pct": versus["low"],
-            "versus_random_high_pct": versus["high"], "random_students_beaten": versus["beats"], "prune": {}}
+            "random_students_finite": versus["random_students_finite"],
+            "random_mean_error_pct": versus["random_mean_pct"], "versus_random_pct": versus["difference_pct"],
+            "versus_random_low_pct": versus["low"], "versus_random_high_pct": versus["high"],
+            "random_students_beaten": versus["beats"], "prune": {}}
         for method in config.prune:
             pruned = next(r for r in here if r["group"] == method)
             entry["prune"][method] = {"name": pruned["name"], "params": pruned["params"],
@@ -614,7 +615,7 @@ def _markdown(config: CompareConfig, report: dict[str, Any]) -> str:
                   "0,1,2 as the paper does."]
     if report["diverged"]:
         lines += ["", f"{report['diverged']} student(s) diverged in every seed (failed.json in their folders)."]
-    partly = [f"{r['name']} (seed {', '.join(_lost_seeds(r))})" for r in rows if _lost_seeds(r)]
+    partly = [f"{r['name']} (seed {', '.join(lost)})" for r in rows if (lost := _lost_seeds(r))]
     if partly:
         lines += ["", f"Runs that diverged while the student's other seeds finished: {', '.join(partly)}. Their "
                   "failed.json says why; the student's error is the mean of its finished seeds, without an SD "
